@@ -32,7 +32,11 @@ def git_state(cwd: str | os.PathLike | None = None) -> tuple[str, bool]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         return commit, bool(status)
     except (OSError, subprocess.SubprocessError):
@@ -58,6 +62,6 @@ def run_metadata(command: str | None = None) -> dict:
         "dirty": dirty,
         "versions": package_versions(),
         "machine": machine_description(),
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command,
     }

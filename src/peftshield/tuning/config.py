@@ -1,0 +1,224 @@
+"""Fine-tuning method configurations: one validated dataclass per method, registered once.
+
+Methods (DESIGN.md; PSIM §4 "five fine-tuning strategies"): ``full`` fine-tuning, ``lora``,
+``prompt`` tuning, ``ptuning`` (P-tuning v1, peft ``PromptEncoderConfig``) and ``prefix``
+(P-tuning v2, peft ``PrefixTuningConfig`` with ``prefix_projection=True``). Each config carries
+its own training hyperparameters with defaults measured on ``minilm`` / ``movies``
+(``bench/README.md``), rejects unknown keys with a clear message, and round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from peftshield.errors import PeftshieldError
+
+
+@dataclass
+class MethodConfig:
+    """Training hyperparameters shared by every method (the base of each method's config)."""
+
+    method: ClassVar[str] = ""
+    lr: float = 1e-3
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head (default: lr)"})
+    epochs: int = 2
+    batch_size: int = 32
+    max_length: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    eval_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        positive = {
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "max_length": self.max_length,
+            "eval_batch_size": self.eval_batch_size,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise PeftshieldError(f"{self.method} config: {name} must be positive, got {value}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise PeftshieldError(f"{self.method} config: head_lr must be positive, got {self.head_lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise PeftshieldError(f"{self.method} config: warmup_ratio must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise PeftshieldError(f"{self.method} config: weight_decay and grad_clip must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, with the method name."""
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    @property
+    def n_prompt_tokens(self) -> int:
+        """Virtual tokens this method prepends to the hidden states (0 unless prompt/ptuning)."""
+        return 0
+
+    def peft_config(self, model_config: Any):
+        """The peft configuration, or ``None`` for full fine-tuning."""
+        return None
+
+
+@dataclass
+class FullConfig(MethodConfig):
+    """Full fine-tuning: every backbone weight and the head are trained."""
+
+    method: ClassVar[str] = "full"
+    lr: float = 5e-5
+    head_lr: float | None = 1e-3
+
+
+@dataclass
+class LoraMethodConfig(MethodConfig):
+    """LoRA (Hu et al. 2021) on the attention projections; PSIM's code uses r=8, alpha=16, dropout 0.1."""
+
+    method: ClassVar[str] = "lora"
+    lr: float = 1e-3
+    epochs: int = 3
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.r < 1 or not 0 <= self.dropout < 1 or not self.target_modules:
+            raise PeftshieldError("lora config: need r >= 1, dropout in [0, 1) and target_modules")
+
+    def peft_config(self, model_config: Any):
+        """peft ``LoraConfig`` for sequence classification."""
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+        )
+
+
+@dataclass
+class _VirtualTokenConfig(MethodConfig):
+    num_virtual_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_virtual_tokens < 1:
+            raise PeftshieldError(f"{self.method} config: num_virtual_tokens must be >= 1")
+
+
+@dataclass
+class PromptConfig(_VirtualTokenConfig):
+    """Prompt tuning (Lester et al. 2021): trainable input embeddings prepended to the text."""
+
+    method: ClassVar[str] = "prompt"
+    lr: float = 3e-2
+    head_lr: float | None = 3e-3
+    epochs: int = 3
+
+    @property
+    def n_prompt_tokens(self) -> int:
+        """Prompt tuning prepends its virtual tokens to the sequence."""
+        return self.num_virtual_tokens
+
+    def peft_config(self, model_config: Any):
+        """peft ``PromptTuningConfig`` (random initialisation)."""
+        from peft import PromptTuningConfig, TaskType
+
+        return PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=self.num_virtual_tokens)
+
+
+@dataclass
+class PTuningConfig(_VirtualTokenConfig):
+    """P-tuning v1 (Liu et al. 2021): virtual tokens produced by a small MLP prompt encoder."""
+
+    method: ClassVar[str] = "ptuning"
+    lr: float = 3e-3
+    head_lr: float | None = 3e-3
+    epochs: int = 3
+    encoder_hidden_size: int = 128
+
+    @property
+    def n_prompt_tokens(self) -> int:
+        """P-tuning prepends its virtual tokens to the sequence."""
+        return self.num_virtual_tokens
+
+    def peft_config(self, model_config: Any):
+        """peft ``PromptEncoderConfig`` (MLP reparameterisation)."""
+        from peft import PromptEncoderConfig, TaskType
+
+        return PromptEncoderConfig(
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=self.num_virtual_tokens,
+            encoder_hidden_size=self.encoder_hidden_size,
+        )
+
+
+@dataclass
+class PrefixConfig(_VirtualTokenConfig):
+    """P-tuning v2 / prefix tuning (Liu et al. 2022): trainable key/value prefixes in every layer."""
+
+    method: ClassVar[str] = "prefix"
+    lr: float = 5e-3
+    head_lr: float | None = 3e-3
+    epochs: int = 3
+    prefix_projection: bool = True
+    encoder_hidden_size: int = 128
+
+    def peft_config(self, model_config: Any):
+        """peft ``PrefixTuningConfig``; prefixes live in the attention, not in the hidden states."""
+        from peft import PrefixTuningConfig, TaskType
+
+        return PrefixTuningConfig(
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=self.num_virtual_tokens,
+            prefix_projection=self.prefix_projection,
+            encoder_hidden_size=self.encoder_hidden_size,
+        )
+
+
+METHODS: dict[str, type[MethodConfig]] = {}
+
+
+def register_method(config_cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Register a method's config class under its ``method`` name; a name is registered once."""
+    name = config_cls.method
+    if not name or name != name.lower() or name in METHODS:
+        raise ValueError(f"cannot register method {name!r}: empty, not lower case, or already registered")
+    METHODS[name] = config_cls
+    return config_cls
+
+
+for _cls in (FullConfig, LoraMethodConfig, PromptConfig, PTuningConfig, PrefixConfig):
+    register_method(_cls)
+
+
+def method_config(method: str, overrides: dict[str, Any] | None = None) -> MethodConfig:
+    """Build the config of ``method`` with ``overrides``; unknown methods or keys are errors."""
+    if method not in METHODS:
+        raise PeftshieldError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    cls = METHODS[method]
+    overrides = dict(overrides or {})
+    overrides.pop("method", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise PeftshieldError(
+            f"unknown {method} config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**overrides)
+    except TypeError as err:
+        raise PeftshieldError(f"{method} config: {err}") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> MethodConfig:
+    """Rebuild a config from :meth:`MethodConfig.to_dict` output."""
+    if "method" not in data:
+        raise PeftshieldError("config has no 'method' key")
+    return method_config(data["method"], data)
