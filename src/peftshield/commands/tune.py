@@ -69,12 +69,11 @@ def run(args: argparse.Namespace) -> int:
     from peftshield.tuning.config import method_config
     from peftshield.tuning.trainer import accuracy_on, save_tuned, tune
     from peftshield.utils.device import resolve_device
-    from peftshield.utils.io import atomic_dir
+    from peftshield.utils.io import check_output_dir
 
     config = method_config(args.method, parse_overrides(args.set, args.config))
     device = resolve_device(args.device)
-    with atomic_dir(args.out, overwrite=args.overwrite):
-        pass  # fail now, before training, if the folder exists or cannot be written
+    check_output_dir(args.out, overwrite=args.overwrite)  # fail now, not after training
     settings = data_settings(args)
     splits = load_splits(settings)
     backbone = load_backbone(args.backbone, pooling=args.pooling)

@@ -41,6 +41,18 @@ def read_json(path: str | os.PathLike) -> Any:
         raise PeftshieldError(f"{path} is not valid JSON: {err}") from None
 
 
+def check_output_dir(target: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail early, before any long work, if ``target`` cannot be written as an output folder."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise PeftshieldError(f"output folder already exists: {target} (use --overwrite to replace it)")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise PeftshieldError(f"cannot write to {parent}")
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target`` that is renamed to ``target`` on success.
@@ -50,8 +62,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     only once the new content is complete.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise PeftshieldError(f"output folder already exists: {target} (use --overwrite to replace it)")
+    check_output_dir(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
