@@ -117,7 +117,7 @@ class PromptConfig(_VirtualTokenConfig):
     """Prompt tuning (Lester et al. 2021): trainable input embeddings prepended to the text."""
 
     method: ClassVar[str] = "prompt"
-    lr: float = 3e-2
+    lr: float = 1e-1
     head_lr: float | None = 3e-3
     epochs: int = 3
 
