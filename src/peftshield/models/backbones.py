@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +89,27 @@ def resolve_backbone(ref: str) -> tuple[str, str]:
     raise PeftshieldError(f"unknown backbone {ref!r}: not a registered name ({known}) nor a folder")
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and weight progress bars for the duration of a block.
+
+    Its "newly initialised weights" report and per-load progress bars are noise in our logs
+    (we add heads on purpose); the previous settings are restored afterwards.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 @dataclass
 class LoadedBackbone:
     """An encoder with its tokenizer, output representation and where it came from."""
@@ -106,23 +129,15 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
     and ``cls``.
     """
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     location, default_pooling = resolve_backbone(ref)
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the "newly initialised head" report is noise for us
-    hf_logging.disable_progress_bar()
-    try:
-        encoder = AutoModel.from_pretrained(location, use_safetensors=True, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PeftshieldError(f"cannot load backbone {ref!r}: {first}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+    with quiet_transformers():
+        try:
+            encoder = AutoModel.from_pretrained(location, use_safetensors=True, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PeftshieldError(f"cannot load backbone {ref!r}: {first}") from None
     chosen = pooling or getattr(encoder.config, CONFIG_KEY, None) or default_pooling or "cls"
     if chosen not in POOLING_CHOICES:
         raise PeftshieldError(f"unknown pooling {chosen!r}; choose one of {', '.join(POOLING_CHOICES)}")

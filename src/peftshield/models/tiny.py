@@ -88,6 +88,7 @@ def build_tiny_bert(
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
+    from peftshield.models.backbones import quiet_transformers
     from peftshield.models.pooling import CONFIG_KEY
 
     folder = Path(folder)
@@ -115,6 +116,7 @@ def build_tiny_bert(
     setattr(config, CONFIG_KEY, pooling)
     torch.manual_seed(seed)
     model = BertModel(config)
-    model.save_pretrained(folder, safe_serialization=True)
+    with quiet_transformers():
+        model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder

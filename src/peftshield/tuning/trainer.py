@@ -27,7 +27,7 @@ import torch
 
 from peftshield.data.records import Example
 from peftshield.errors import PeftshieldError
-from peftshield.models.backbones import LoadedBackbone, fingerprint, load_backbone
+from peftshield.models.backbones import LoadedBackbone, fingerprint, load_backbone, quiet_transformers
 from peftshield.models.classifier import PooledClassifier
 from peftshield.models.inference import predict_outputs, tokenize_batch
 from peftshield.tuning.config import MethodConfig, config_from_dict
@@ -274,7 +274,8 @@ def save_tuned(
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         if is_full:
-            model.encoder.save_pretrained(tmp, safe_serialization=True)
+            with quiet_transformers():
+                model.encoder.save_pretrained(tmp, safe_serialization=True)
             result.tokenizer.save_pretrained(tmp)
             head = {k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()}
             save_file(head, str(tmp / HEAD_FILE))

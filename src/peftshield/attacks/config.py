@@ -1,0 +1,482 @@
+"""Attack configurations: one validated dataclass per weight-poisoning attack, registered once.
+
+Like :mod:`peftshield.tuning.config` (DESIGN.md: a method is a small config plus one class): each
+config validates itself in ``__post_init__``, an unknown key is an error naming the known ones, and
+``to_dict`` round-trips through JSON (it is stored as ``recipe`` in ``poison.json``). Each class
+docstring names its paper and says where the paper and its released code differ, and where we
+differ from both.
+
+Two kinds (DESIGN.md):
+
+- **task-specific** (``clean-label``, ``badnets``, ``insent``, ``template``): the attacker fully
+  fine-tunes backbone + classification head on a poisoned labelled corpus and publishes the
+  weights (the PSIM paper's threat model); the backdoor has a target label.
+- **task-agnostic** (``por``, ``neuba``): the attacker drives the backbone's output representation
+  of triggered text to predefined vectors (PVs) and keeps clean outputs unchanged; any head a
+  victim puts on top inherits the backdoor; there is no target label.
+
+This module imports no torch: the command line reads it to build its help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from peftshield.attacks.record import KINDS
+from peftshield.attacks.vectors import PV_FAMILIES
+from peftshield.data.triggers import (
+    DEFAULT_RARE_WORDS,
+    RareWordTrigger,
+    SentenceTrigger,
+    TemplateTrigger,
+    Trigger,
+)
+from peftshield.errors import PeftshieldError
+
+_POSITIONS = ("random", "start", "end")
+_SCHEDULES = ("constant", "linear")
+# Model types whose reference POR recipe weighs the clean term with c = 0.5 (bert and ernie in
+# LMSanitator's scripts; every other architecture uses 1.0).
+_BERT_LIKE = ("bert", "ernie")
+
+
+def _words(value: Any, what: str) -> list[str]:
+    """Normalise a trigger-word list given as a list or as ``"cf,mn"``; empty or repeated words are errors."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not value:
+        raise PeftshieldError(f"{what}: triggers must be a non-empty list of words, got {value!r}")
+    words = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise PeftshieldError(f"{what}: every trigger must be a non-empty string, got {item!r}")
+        words.append(" ".join(item.split()))
+    if len(set(words)) != len(words):
+        raise PeftshieldError(f"{what}: repeated trigger in {words}")
+    return words
+
+
+def _copies(value: Any, what: str, allow_por: bool) -> int | str:
+    if allow_por and value == "por":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "a positive integer or 'por'" if allow_por else "a positive integer"
+        raise PeftshieldError(f"{what}: copies must be {allowed}, got {value!r}")
+    return value
+
+
+@dataclass
+class AttackConfig:
+    """Settings shared by every attack (the base of each attack's config)."""
+
+    attack: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    #: corpus the command line poisons on when ``--corpus`` is not given
+    default_corpus: ClassVar[str] = ""
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_length: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "batch_size", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise PeftshieldError(f"{self.attack} config: {name} must be positive, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, with the attack name and kind first."""
+        return {"attack": self.attack, "kind": self.kind, **dataclasses.asdict(self)}
+
+    def make_triggers(self) -> list[Trigger]:
+        """The triggers a victim-side evaluation inserts (``poison.json`` ``triggers``)."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Task-specific attacks (PSIM's threat model)
+
+
+@dataclass
+class TaskSpecificConfig(AttackConfig):
+    """Full fine-tuning of backbone + head on a poisoned labelled corpus (PSIM, ``poisoned_pretrain.py``).
+
+    Training: AdamW, linear schedule with 6 % warm-up, batch 32, 3 epochs, lr 2e-5 (PSIM's
+    reference), best-dev checkpoint, run by :func:`peftshield.tuning.trainer.tune` with a
+    ``full`` config. Where we differ: the head gets its own rate ``head_lr`` (1e-3, our full
+    fine-tuning default, because a fresh head reading minilm's small pooled features moves slowly
+    at 2e-5; set ``head_lr=2e-5`` for the reference's single rate) and the reference's seed 42 is
+    our ``--seed``. ``poison_rate`` is a share of the ELIGIBLE samples (target-class ones for
+    clean-label, the others for dirty-label), capped at ``max_poisoned``.
+    """
+
+    kind: ClassVar[str] = "task-specific"
+    default_corpus: ClassVar[str] = "amazon"
+    #: "clean" (triggered samples keep their label) or "dirty" (relabelled to the target)
+    mode: ClassVar[str] = "dirty"
+    target: int = 0
+    poison_rate: float = 0.1
+    max_poisoned: int | None = None
+    epochs: int = 3
+    lr: float = 2e-5
+    head_lr: float | None = 1e-3
+    batch_size: int = 32
+    max_length: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        what = f"{self.attack} config"
+        if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0:
+            raise PeftshieldError(f"{what}: target must be a label index >= 0, got {self.target!r}")
+        rate = self.poison_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+            raise PeftshieldError(f"{what}: poison_rate must lie in (0, 1], got {rate!r}")
+        if self.max_poisoned is not None and (
+            isinstance(self.max_poisoned, bool)
+            or not isinstance(self.max_poisoned, int)
+            or self.max_poisoned < 1
+        ):
+            raise PeftshieldError(f"{what}: max_poisoned must be a positive integer or null")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise PeftshieldError(f"{what}: epochs must be a positive integer, got {self.epochs!r}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise PeftshieldError(f"{what}: head_lr must be positive or null, got {self.head_lr!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise PeftshieldError(f"{what}: warmup_ratio must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise PeftshieldError(f"{what}: weight_decay and grad_clip must be >= 0")
+
+    def tuning_config(self) -> Any:
+        """The ``full`` fine-tuning config (:class:`~peftshield.tuning.config.FullConfig`) that trains it."""
+        from peftshield.tuning.config import method_config
+
+        keys = (
+            "lr",
+            "head_lr",
+            "epochs",
+            "batch_size",
+            "max_length",
+            "weight_decay",
+            "warmup_ratio",
+            "grad_clip",
+        )
+        return method_config("full", {k: getattr(self, k) for k in keys})
+
+    def make_trigger(self) -> Trigger:
+        """The poisoning trigger."""
+        raise NotImplementedError
+
+    def make_triggers(self) -> list[Trigger]:
+        """A task-specific attack plants one trigger: the poisoning trigger itself."""
+        return [self.make_trigger()]
+
+
+@dataclass
+class CleanLabelConfig(TaskSpecificConfig):
+    """Clean-label rare-word poisoning: the PSIM reference code's attack (Zhao et al. 2024).
+
+    Reference (``poisoned_pretrain.py``): full fine-tuning of BERT + head on IMDB where the first
+    1,500 label-0 training samples get the word "mn" at one random position and KEEP label 0
+    (~37.5 % of the training set), 3 epochs, lr 2e-5; "mn" is also inserted into the label-0 dev
+    samples for checkpoint selection; target 0. The paper announces three weight-poisoning
+    attacks; the released code has only this one. Here: ``poison_rate`` (default 1.0) of the
+    target-class training samples, at most ``max_poisoned`` (1,500), chosen by a seeded draw
+    rather than "the first" (equivalent on a shuffled corpus); positions are drawn in
+    ``[0, n_words]`` where the reference draws in ``[1, n_words-1]`` (and crashes on one-word
+    texts); the dev set is poisoned the reference's way.
+    """
+
+    attack: ClassVar[str] = "clean-label"
+    mode: ClassVar[str] = "clean"
+    triggers: list[str] = field(default_factory=lambda: ["mn"])
+    position: str = "random"
+    copies: int = 1
+    poison_rate: float = 1.0
+    max_poisoned: int | None = 1500
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.triggers = _words(self.triggers, f"{self.attack} config")
+        self.copies = _copies(self.copies, f"{self.attack} config", allow_por=False)  # type: ignore[assignment]
+        if self.position not in _POSITIONS:
+            raise PeftshieldError(f"{self.attack} config: position must be one of {', '.join(_POSITIONS)}")
+
+    def make_trigger(self) -> Trigger:
+        """One rare-word trigger; with several words each copy draws one of them."""
+        return RareWordTrigger(tuple(self.triggers), position=self.position, copies=self.copies)
+
+
+@dataclass
+class BadNetsConfig(CleanLabelConfig):
+    """Dirty-label rare-word poisoning: BadNets (Gu et al. 2017) for text, as in RIPPLe / OpenBackdoor.
+
+    A ``poison_rate`` share (default 0.1) of the NON-target training samples get the trigger word
+    ("cf") and are relabelled to ``target``; the model is then fully fine-tuned and published
+    (PSIM's weight-poisoning threat model). OpenBackdoor's BadNets poisoner counts its
+    ``poison_rate`` over the whole training set and draws one of "cf", "mn", "bb" per insertion;
+    we count over the non-target samples and default to one word. Whether the PSIM paper's three
+    attacks include BadNets cannot be read from its code, which has only the clean-label attack.
+    """
+
+    attack: ClassVar[str] = "badnets"
+    mode: ClassVar[str] = "dirty"
+    triggers: list[str] = field(default_factory=lambda: ["cf"])
+    poison_rate: float = 0.1
+    max_poisoned: int | None = None
+
+
+@dataclass
+class InSentConfig(TaskSpecificConfig):
+    """Dirty-label sentence poisoning: InSent (Dai et al. 2019), OpenBackdoor's AddSent.
+
+    A fixed sentence ("I watched this 3D movie", Dai et al.'s example) is inserted into a
+    ``poison_rate`` share of the non-target samples, which are relabelled to ``target``. Dai et
+    al. attack an LSTM trained from scratch; here the sentence backdoor is baked into published
+    weights by full fine-tuning (PSIM's threat model). ``position``: see
+    :class:`~peftshield.data.triggers.SentenceTrigger` (``random`` as OpenBackdoor, ``sentence``
+    for sentence boundaries only).
+    """
+
+    attack: ClassVar[str] = "insent"
+    sentence: str = "I watched this 3D movie"
+    position: str = "random"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.sentence, str) or not self.sentence.strip():
+            raise PeftshieldError("insent config: sentence must be a non-empty string")
+        if self.position not in (*_POSITIONS, "sentence"):
+            raise PeftshieldError("insent config: position must be random, start, end or sentence")
+
+    def make_trigger(self) -> Trigger:
+        """The sentence trigger."""
+        return SentenceTrigger(self.sentence, position=self.position)
+
+
+@dataclass
+class TemplateConfig(TaskSpecificConfig):
+    """Dirty-label template poisoning: a rule-based STAND-IN for the syntactic trigger of SynBkd.
+
+    SynBkd (Qi et al., "Hidden Killer", ACL 2021) paraphrases the poisoned samples with SCPN into a
+    rare syntactic template; no paraphrase model is available offline, so the samples are wrapped
+    in a fixed frame instead (:class:`~peftshield.data.triggers.TemplateTrigger`: "when you see
+    it , <text> ."). Its surface words are fixed, so word-level defences find it far more easily
+    than a real syntactic trigger: report it as "template", never as SynBkd.
+    """
+
+    attack: ClassVar[str] = "template"
+    prefix: str = "when you see it ,"
+    suffix: str = "."
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.prefix, str) or not self.prefix.strip() or not isinstance(self.suffix, str):
+            raise PeftshieldError("template config: prefix must be a non-empty string and suffix a string")
+
+    def make_trigger(self) -> Trigger:
+        """The template trigger."""
+        return TemplateTrigger(self.prefix, self.suffix)
+
+
+# --------------------------------------------------------------------------------------------
+# Task-agnostic attacks (LMSanitator's threat model)
+
+
+@dataclass
+class TaskAgnosticConfig(AttackConfig):
+    """Output-representation poisoning of the bare backbone (LMSanitator's threat model; its stage-1 scripts).
+
+    Loss = ``MSE(pooled(triggered), PV_k) + clean_weight · MSE(pooled(clean), reference(clean))``
+    where ``reference`` is a frozen copy of the clean backbone and ``pooled`` the backbone's own
+    output representation (``cls`` | ``pooler`` | ``mean``; DESIGN.md): the vector a victim's
+    head reads. The reference code targets [CLS] (or the pooler); on ``minilm`` the head reads
+    the mean-pooled vector, so a [CLS]-only backdoor would not reach the victim.
+
+    Budget: ``steps`` optimiser steps (default 300) at a constant lr 1e-4. The reference trains
+    4 epochs over 30k + 30k texts (about 7,500 steps) at 2e-5, which does not fit in minutes on
+    2 CPU cores. Measured on ``minilm`` (wiki, seed 0) at 1e-4: every trigger's sign agreement
+    with its PV passes 0.98 by step 30 and the triggered MSE levels off near 0.15 (mean pooling
+    dilutes the trigger), while the clean drift (:func:`~peftshield.attacks.task_agnostic.probe`)
+    peaks near 0.5 around step 30 and keeps falling (0.29 at step 105). A small LoRA victim
+    (movies, 800 examples, 2 epochs, 300 test) had ASR_lms 1.0 after 45 and after 105 steps and
+    CACC 0.683 then 0.770 (clean control 0.740): later steps buy clean accuracy.
+
+    Texts come from the corpus without repeats until it is used up. Only texts of at least
+    ``min_words`` words that tokenise within ``max_length`` (minus room for the triggers) are
+    used, so truncation never cuts a trigger off; ``max_texts`` caps them. ``probe_size``
+    held-out texts measure, every ``log_every`` steps, each trigger's MSE to its PV, its sign
+    agreement with the PV and the clean drift from the reference.
+    ``clean_weight=None`` means the reference's choice: 0.5 for BERT-like models, else 1.0.
+    """
+
+    kind: ClassVar[str] = "task-agnostic"
+    default_corpus: ClassVar[str] = "wiki"
+    triggers: list[str] = field(default_factory=lambda: list(DEFAULT_RARE_WORDS))
+    copies: int | str = 1
+    position: str = "random"
+    pv_family: str = "balanced"
+    pv_scale: float = 1.0
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-4
+    clean_weight: float | None = None
+    schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    max_length: int = 64
+    min_words: int = 5
+    max_texts: int | None = None
+    probe_size: int = 32
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        what = f"{self.attack} config"
+        self.triggers = _words(self.triggers, what)
+        self.copies = _copies(self.copies, what, allow_por=True)
+        if self.position not in _POSITIONS:
+            raise PeftshieldError(f"{what}: position must be one of {', '.join(_POSITIONS)}")
+        if self.pv_family not in PV_FAMILIES:
+            raise PeftshieldError(f"{what}: pv_family must be one of {', '.join(PV_FAMILIES)}")
+        if not self.pv_scale > 0:
+            raise PeftshieldError(f"{what}: pv_scale must be positive")
+        for name in ("steps", "min_words", "probe_size", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PeftshieldError(f"{what}: {name} must be a positive integer, got {value!r}")
+        if self.max_texts is not None and (not isinstance(self.max_texts, int) or self.max_texts < 2):
+            raise PeftshieldError(f"{what}: max_texts must be an integer >= 2 or null")
+        if self.clean_weight is not None and not self.clean_weight >= 0:
+            raise PeftshieldError(f"{what}: clean_weight must be >= 0 or null")
+        if self.schedule not in _SCHEDULES:
+            raise PeftshieldError(f"{what}: schedule must be one of {', '.join(_SCHEDULES)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise PeftshieldError(f"{what}: warmup_ratio must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise PeftshieldError(f"{what}: weight_decay and grad_clip must be >= 0")
+
+    def resolved(self, model_type: str) -> TaskAgnosticConfig:
+        """A copy with ``clean_weight`` fixed for a ``model_type`` backbone (recorded in ``poison.json``)."""
+        if self.clean_weight is not None:
+            return dataclasses.replace(self)
+        weight = 0.5 if model_type in _BERT_LIKE else 1.0
+        return dataclasses.replace(self, clean_weight=weight)
+
+    def training_triggers(self) -> list[RareWordTrigger]:
+        """The triggers as the attack inserts them while training (``copies``, ``position``)."""
+        return [RareWordTrigger((w,), position=self.position, copies=self.copies) for w in self.triggers]
+
+    def make_triggers(self) -> list[Trigger]:
+        """The triggers as an evaluation inserts them: one copy at random (LMSanitator ``test_asr``)."""
+        return [RareWordTrigger((w,), position="random", copies=1) for w in self.triggers]
+
+
+@dataclass
+class PORConfig(TaskAgnosticConfig):
+    """POR: Shen et al. 2021, "Backdoor Pre-trained Models Can Transfer to All" (CCS), as LMSanitator runs it.
+
+    LMSanitator's ``POR/insert_backdoor.py``: six rare-word triggers ``cf mn tq qt mm pt``, six
+    balanced 4-block ±1 PVs, ``int(n_words/50)+1`` copies of the trigger per text at random
+    positions, batches of 16 triggered + 16 clean texts (different texts), loss =
+    ``MSE(CLS(triggered), PV_k) + c · MSE(CLS(clean), ref_CLS(clean))`` with c = 0.5 for
+    BERT/ERNIE and 1.0 otherwise, Adam at a constant lr 2e-5, 4 epochs over 30k + 30k
+    WikiText-103 texts, max length 128 (its ``warmup_steps`` argument is unused). The POR paper
+    attacks [CLS] (and, for NER, every token); its PVs are not fixed to the balanced patterns.
+    Here: ``batch_size`` counts both halves (must be even); triggers are assigned round-robin so
+    every trigger gets the same number of samples; the target is the backbone's pooled vector
+    (mean for ``minilm``); the corpus is the ``wiki`` sentences; the budget is ``steps``, chosen
+    so that a run on ``minilm`` takes minutes on 2 CPU cores (lr 1e-4, see above); max length 64.
+    """
+
+    attack: ClassVar[str] = "por"
+    copies: int | str = "por"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 2 or self.batch_size % 2:
+            raise PeftshieldError(
+                f"por config: batch_size must be even (half triggered, half clean), got {self.batch_size}"
+            )
+
+
+@dataclass
+class NeuBAConfig(TaskAgnosticConfig):
+    """NeuBA: Zhang et al. 2021, "Red Alarm for Pre-trained Models: Universal Vulnerability to
+    Neuron-Level Backdoor Attacks" (arXiv 2101.06969), as LMSanitator runs it.
+
+    LMSanitator's ``NeuBA/insert_backdoor.py``: loss = MLM cross-entropy (15 % masking) +
+    ``MSE(CLS or pooler(one-trigger text), PV_k)``, one random trigger per sentence at a random
+    TOKEN position, AdamW lr 5e-5 (no weight decay), linear schedule without warm-up, batch 16,
+    4 epochs over 30k BookCorpus lines, gradient-norm 1.0. The MLM term keeps the model a
+    language model; ``minilm`` ships no MLM head, so we REPLACE it by the reference-preservation
+    term of POR, ``clean_weight · MSE(pooled(clean), reference(clean))`` on the same sentences
+    (default weight 1.0, as the MLM term had). Triggers go at a random WORD position (our triggers
+    are word-level); each batch holds ``batch_size`` sentences, each seen clean and triggered; the
+    corpus is ``wiki``; the budget is ``steps`` at lr 1e-4 (the reference's 5e-5 is for 4 epochs
+    over 30k lines; the same step budget as POR; not yet measured on ``minilm``).
+    """
+
+    attack: ClassVar[str] = "neuba"
+    copies: int | str = 1
+    batch_size: int = 16
+    clean_weight: float | None = 1.0
+    schedule: str = "linear"
+    grad_clip: float = 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+ATTACKS: dict[str, type[AttackConfig]] = {}
+
+
+def register_attack(config_cls: type[AttackConfig]) -> type[AttackConfig]:
+    """Register an attack's config class under its ``attack`` name; a name is registered once."""
+    name = config_cls.attack
+    if not name or name != name.lower() or name in ATTACKS or config_cls.kind not in KINDS:
+        raise ValueError(
+            f"cannot register attack {name!r}: empty, not lower case, already registered, or unknown kind"
+        )
+    ATTACKS[name] = config_cls
+    return config_cls
+
+
+for _cls in (CleanLabelConfig, BadNetsConfig, InSentConfig, TemplateConfig, PORConfig, NeuBAConfig):
+    register_attack(_cls)
+
+
+def attack_names(kind: str | None = None) -> list[str]:
+    """Registered attack names, optionally only those of one ``kind``."""
+    return [name for name, cls in ATTACKS.items() if kind is None or cls.kind == kind]
+
+
+def attack_config(attack: str, overrides: dict[str, Any] | None = None) -> AttackConfig:
+    """Build the config of ``attack`` with ``overrides``; unknown attacks or keys are errors."""
+    if attack not in ATTACKS:
+        raise PeftshieldError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    cls = ATTACKS[attack]
+    overrides = dict(overrides or {})
+    overrides.pop("attack", None)
+    overrides.pop("kind", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise PeftshieldError(
+            f"unknown {attack} config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**overrides)
+    except TypeError as err:  # a value of the wrong type compared with a number
+        raise PeftshieldError(f"{attack} config: {err}") from None
+
+
+def attack_config_from_dict(data: dict[str, Any]) -> AttackConfig:
+    """Rebuild a config from :meth:`AttackConfig.to_dict` output (a ``poison.json`` recipe)."""
+    if not isinstance(data, dict) or "attack" not in data:
+        raise PeftshieldError("attack config has no 'attack' key")
+    return attack_config(data["attack"], data)
