@@ -22,6 +22,17 @@ def toy_examples(n: int, seed: int = 0) -> list[Example]:
     return out
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny-model tests gain nothing from threads, and several threads thrash a shared 2-core box."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A tiny random BERT folder with mean pooling (its [CLS] carries little input signal)."""

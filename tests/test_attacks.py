@@ -28,19 +28,6 @@ from peftshield.data.triggers import RareWordTrigger, SentenceTrigger
 from peftshield.errors import PeftshieldError
 from peftshield.evaluation.asr import backdoor_metrics
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # The tiny model gains nothing from intra-op threads, and on a busy shared machine two
-    # spinning threads cost several times the work; restore the setting for other test files.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------
 # predefined vectors
 

@@ -6,19 +6,6 @@ import pytest
 from peftshield.attacks.record import POISON_FILE, PV_FILE, read_poison_record
 from peftshield.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # The tiny model gains nothing from intra-op threads, and on a busy shared machine two
-    # spinning threads cost several times the work; restore the setting for other test files.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Small, fast recipes for the tiny random BERT.
 POR_FAST = ["--set", "steps=20", "--set", "lr=3e-3", "--set", "min_words=3", "--set", "probe_size=8"]
 BADNETS_FAST = ["--set", "epochs=2", "--set", "lr=3e-3", "--set", "head_lr=3e-2", "--set", "batch_size=16"]

@@ -1,0 +1,160 @@
+"""``peftshield psim``: fit the Poisoned Sample Identification Module (Zhao et al. 2024, §3).
+
+PSIM trains a small PEFT module on the suspect backbone with randomly reset labels: it becomes
+less sure on clean inputs, while a trigger still makes the backdoored weights confident. Inputs
+whose confidence exceeds the threshold are rejected. The module and its threshold are written to a
+detector folder that ``peftshield guard`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from peftshield.commands.common import (
+    add_data_args,
+    add_runtime_args,
+    data_settings,
+    load_splits,
+    parse_overrides,
+    print_json,
+)
+
+EPILOG = """examples:
+  peftshield psim fit --backbone runs/poisoned --out runs/psim             # paper threshold 0.7
+  peftshield psim fit --backbone runs/poisoned --target-frr 0.05 --out runs/psim-cal
+  peftshield psim fit --backbone runs/poisoned --head fresh --method lora --set lr=1e-3 --out runs/psim-lora
+  peftshield psim fit --backbone minilm --corpus reviews.csv --max-train 2000 --out runs/psim-mine
+
+The clean data is the training split of --corpus (the defender's own data); a held-out part
+(--calibration-fraction, default 0.2) is never trained on: it calibrates the threshold at
+--target-frr, or reports what the fixed --threshold costs on clean inputs (fit warns when the
+paper's 0.7 rejects more than 20 % of them: then use --target-frr). The recipe (P-tuning, 5
+virtual tokens, one epoch, batch 32, as in the paper's code; lr 3e-3 with the head frozen, see
+peftshield.defenses.psim) can be changed with --set KEY=VALUE for any key of the method's config.
+The output folder holds detector.json and the module (a peft adapter with its head), written
+atomically.
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register ``psim`` and its sub-command ``fit``."""
+    parser = subparsers.add_parser(
+        "psim",
+        help="fit a PSIM detector (random-label PEFT module) on a suspect backbone",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="psim_command", metavar="SUBCOMMAND")
+    fit = sub.add_parser(
+        "fit",
+        help="train the module and set its threshold",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fit.add_argument(
+        "--backbone",
+        default="minilm",
+        help="suspect backbone: registered name, model folder (e.g. a poisoned full model) or hub id",
+    )
+    fit.add_argument(
+        "--head",
+        choices=("auto", "keep", "fresh"),
+        default="auto",
+        help="keep: start from the head published with the backbone (the paper's code does); "
+        "auto: keep when there is one (default)",
+    )
+    fit.add_argument(
+        "--method", default="ptuning", help="PEFT method of the module (default: ptuning, the paper's)"
+    )
+    fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe/config value")
+    fit.add_argument("--config", metavar="FILE.json", help="config overrides as a JSON object")
+    policy = fit.add_mutually_exclusive_group()
+    policy.add_argument(
+        "--threshold", type=float, default=None, help="fixed confidence threshold (default: 0.7, the paper's)"
+    )
+    policy.add_argument(
+        "--target-frr",
+        type=float,
+        default=None,
+        help="calibrate the threshold at this false-rejection rate on held-out clean texts",
+    )
+    fit.add_argument(
+        "--reset-rate", type=float, default=1.0, help="share of labels reset at random (default: 1.0)"
+    )
+    fit.add_argument(
+        "--calibration-fraction",
+        type=float,
+        default=0.2,
+        help="share of the clean data held out for the threshold (default: 0.2)",
+    )
+    fit.add_argument("--out", required=True, help="detector folder to write (atomically)")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    fit.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_data_args(fit)
+    add_runtime_args(fit)
+    fit.set_defaults(func=run_fit)
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Fit PSIM on the training split of the corpus and save the detector folder."""
+    from peftshield.commands.guard import one_line_warnings
+    from peftshield.defenses.base import CALIBRATED
+    from peftshield.defenses.psim import PSIMDetector
+    from peftshield.utils.device import resolve_device
+    from peftshield.utils.io import check_output_dir
+
+    if args.target_frr is not None:
+        threshold, target_frr = CALIBRATED, args.target_frr
+    else:
+        threshold, target_frr = (0.7 if args.threshold is None else args.threshold), 0.05
+    device = resolve_device(args.device)
+    detector = PSIMDetector(
+        backbone=args.backbone,
+        method=args.method,
+        config=parse_overrides(args.set, args.config) or None,
+        head=args.head,
+        reset_rate=args.reset_rate,
+        threshold=threshold,
+        target_frr=target_frr,
+        calibration_fraction=args.calibration_fraction,
+        seed=args.seed,
+        device=str(device),
+    )
+    detector.check_params()  # every option error before any data or model is loaded
+    check_output_dir(args.out, overwrite=args.overwrite)  # fail now, not after training
+    settings = data_settings(args)
+    splits = load_splits(settings)
+    with one_line_warnings():
+        detector.fit(splits.train, progress=False if args.quiet else None)
+    detector.save(args.out, overwrite=args.overwrite)
+    summary = {
+        "out": args.out,
+        "backbone": args.backbone,
+        "method": args.method,
+        "head": detector.head_,
+        "threshold": detector.threshold_,
+        "policy": f"calibrated@{target_frr}" if threshold == CALIBRATED else "fixed",
+        "calibration_frr": detector.calibration_frr_,
+        "clean_score_mean": detector.clean_score_mean_,
+        "n_train": detector.n_train_,
+        "n_calibration": detector.n_calibration_,
+        "fit_seconds": round(detector.fit_seconds_, 1),
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        frr = "n/a" if detector.calibration_frr_ is None else f"{detector.calibration_frr_:.3f}"
+        mean = "n/a" if detector.clean_score_mean_ is None else f"{detector.clean_score_mean_:.3f}"
+        print(
+            f"psim ({args.method}, head {detector.head_}) on {settings['corpus']}: threshold "
+            f"{detector.threshold_:.4f} ({summary['policy']}), clean FRR {frr} and mean clean confidence "
+            f"{mean} on {detector.n_calibration_} held-out texts, {detector.fit_seconds_:.0f} s -> {args.out}"
+        )
+    return 0
