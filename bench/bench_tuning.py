@@ -28,15 +28,17 @@ from peftshield.tuning.trainer import accuracy_on, build_classifier, tune  # noq
 RESULT = Path(__file__).resolve().parent / "results" / "tuning.json"
 
 
-def method_cell(method: str, splits, seed: int) -> dict:
+def method_cell(method: str, splits, seed: int, pooling: str | None = None) -> dict:
     config = method_config(method)
-    result = tune("minilm", splits.train, splits.dev, config, seed=seed, progress=None)
+    backbone = load_backbone("minilm", pooling=pooling)
+    result = tune(backbone, splits.train, splits.dev, config, seed=seed, progress=None)
     cacc = accuracy_on(result.model, result.tokenizer, splits.test, max_length=config.max_length)
     return {
         "backbone": "minilm",
         "corpus": "movies",
         "method": method,
         "seed": seed,
+        "pooling": backbone.pooling,
         "cacc": cacc,
         "dev_accuracy": result.best_dev_accuracy,
         "trainable_params": result.trainable_params,
@@ -104,6 +106,11 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=3000)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--poolings",
+        default="cls,pooler",
+        help="extra LoRA cells with these output representations, to choose minilm's default by measurement",
+    )
     parser.add_argument("--fresh", action="store_true", help="discard earlier results")
     args = parser.parse_args()
     command = "python bench/bench_tuning.py " + " ".join(sys.argv[1:])
@@ -113,8 +120,15 @@ def main() -> None:
         key = {"method": method, "seed": args.seed, "n_train": len(splits.train)}
         results.run_cell(key, lambda m=method: method_cell(m, splits, args.seed))
     results.run_cell({"cell": "throughput", "seed": args.seed}, lambda: throughput_cell(splits, args.seed))
+    for pooling in filter(None, args.poolings.split(",")):
+        key = {"method": "lora", "seed": args.seed, "n_train": len(splits.train), "pooling": pooling}
+        results.run_cell(key, lambda p=pooling: method_cell("lora", splits, args.seed, pooling=p))
     rows = [r for r in results.rows if "error" not in r]
-    summary = {r["method"]: round(r["cacc"], 4) for r in rows if "cacc" in r}
+    summary = {
+        r["method"] + ("" if r.get("pooling", "mean") == "mean" else f"[{r['pooling']}]"): round(r["cacc"], 4)
+        for r in rows
+        if "cacc" in r
+    }
     for row in rows:
         if "throughput_ratio" in row:
             summary["throughput_ratio"] = row["throughput_ratio"]
@@ -123,6 +137,7 @@ def main() -> None:
         results.table(
             [
                 "method",
+                "pooling",
                 "cacc",
                 "dev_accuracy",
                 "trainable_params",

@@ -214,19 +214,22 @@ class CleanLabelConfig(TaskSpecificConfig):
 class BadNetsConfig(CleanLabelConfig):
     """Dirty-label rare-word poisoning: BadNets (Gu et al. 2017) for text, as in RIPPLe / OpenBackdoor.
 
-    A ``poison_rate`` share (default 0.1) of the NON-target training samples get the trigger word
+    A ``poison_rate`` share (default 0.2) of the NON-target training samples get the trigger word
     ("cf") and are relabelled to ``target``; the model is then fully fine-tuned and published
     (PSIM's weight-poisoning threat model). OpenBackdoor's BadNets poisoner counts its
     ``poison_rate`` over the whole training set and draws one of "cf", "mn", "bb" per insertion;
     we count over the non-target samples and default to one word. Whether the PSIM paper's three
     attacks include BadNets cannot be read from its code, which has only the clean-label attack.
+    Defaults: rate 0.2 and lr 5e-5 (our full fine-tuning rate) because rate 0.1 at PSIM's lr 2e-5
+    for 3 epochs on 1,000 amazon examples left the attacker's own ASR at 0.50 (measured).
     """
 
     attack: ClassVar[str] = "badnets"
     mode: ClassVar[str] = "dirty"
     triggers: list[str] = field(default_factory=lambda: ["cf"])
-    poison_rate: float = 0.1
+    poison_rate: float = 0.2
     max_poisoned: int | None = None
+    lr: float = 5e-5
 
 
 @dataclass
