@@ -8,6 +8,7 @@ from typing import Any
 
 from peftshield.data.records import Splits
 from peftshield.errors import PeftshieldError
+from peftshield.models.pooling import POOLING_CHOICES
 from peftshield.utils.device import DEVICE_CHOICES
 
 DATA_DEFAULTS: dict[str, Any] = {
@@ -49,6 +50,29 @@ def add_data_args(parser: argparse.ArgumentParser, recorded: bool = False) -> No
     )
     group.add_argument("--max-train", type=int, default=None, help="cap the training split (stratified)")
     group.add_argument("--max-eval", type=int, default=None, help="cap the dev and test splits (stratified)")
+
+
+def add_backbone_args(parser: argparse.ArgumentParser) -> None:
+    """``--backbone`` and ``--pooling`` (the output representation, DESIGN.md)."""
+    parser.add_argument(
+        "--backbone",
+        default="minilm",
+        help="registered name (minilm), local model folder or hub id (default: minilm)",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=POOLING_CHOICES,
+        default=None,
+        help="output representation the head reads and attacks target (default: the backbone's own)",
+    )
+
+
+def add_output_args(parser: argparse.ArgumentParser, what: str = "value") -> None:
+    """``--out``, ``--overwrite``, ``--set KEY=VALUE`` and ``--config FILE.json``."""
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a {what}")
+    parser.add_argument("--config", metavar="FILE.json", help=f"{what} overrides as a JSON object")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:

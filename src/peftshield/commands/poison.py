@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from peftshield.commands.common import parse_overrides, print_json
+from peftshield.commands.common import add_backbone_args, add_output_args, parse_overrides, print_json
 from peftshield.errors import PeftshieldError
 from peftshield.utils.device import DEVICE_CHOICES
 
@@ -52,21 +52,8 @@ def add_parser(subparsers) -> None:
     )
     # No argparse "choices": an unknown attack is a one-line PeftshieldError like every other mistake.
     parser.add_argument("--attack", required=True, help="one of " + ", ".join(ATTACKS))
-    parser.add_argument(
-        "--backbone",
-        default="minilm",
-        help="registered name (minilm), local model folder or hub id (default: minilm)",
-    )
-    parser.add_argument(
-        "--pooling",
-        choices=("cls", "pooler", "mean"),
-        default=None,
-        help="output representation to poison / the head reads (default: the backbone's own)",
-    )
-    parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value")
-    parser.add_argument("--config", metavar="FILE.json", help="recipe overrides as a JSON object")
+    add_backbone_args(parser)
+    add_output_args(parser, what="recipe value")
     parser.add_argument(
         "--triggers",
         metavar="W1,W2",

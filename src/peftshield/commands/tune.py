@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from peftshield.commands.common import (
+    add_backbone_args,
     add_data_args,
+    add_output_args,
     add_runtime_args,
     data_settings,
     load_splits,
@@ -35,28 +37,15 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--backbone",
-        default="minilm",
-        help="registered name (minilm), local model folder or hub id (default: minilm)",
-    )
-    parser.add_argument(
-        "--pooling",
-        choices=("cls", "pooler", "mean"),
-        default=None,
-        help="output representation the head reads (default: the backbone's own)",
-    )
+    add_backbone_args(parser)
     parser.add_argument("--method", default="lora", choices=sorted(METHODS), help="default: lora")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a method config value")
-    parser.add_argument("--config", metavar="FILE.json", help="method config overrides as a JSON object")
     parser.add_argument(
         "--head",
         choices=("fresh", "keep"),
         default="fresh",
         help="keep: reuse head.safetensors published with the backbone (default: fresh)",
     )
-    parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_output_args(parser, what="method config value")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_args(parser)
     add_runtime_args(parser)
