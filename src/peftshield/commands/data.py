@@ -46,8 +46,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
-    print("\nEXAMPLES is '-' until `peftshield data fetch`; "
-          "files (.csv/.tsv/.jsonl/.json) and hf:NAME also work.")
+    print(
+        "\nEXAMPLES is '-' until `peftshield data fetch`; "
+        "files (.csv/.tsv/.jsonl/.json) and hf:NAME also work."
+    )
     return 0
 
 
@@ -141,16 +143,27 @@ def add_parser(subparsers: Any) -> None:
     )
     p_show.add_argument("name", metavar="NAME", help="built-in corpus name, file path or hf:NAME[:SPLIT]")
     p_show.add_argument("--n", type=int, default=5, help="number of examples to print (default: %(default)s)")
-    p_show.add_argument("--split", choices=("train", "dev", "test"), default="train",
-                        help="split to print from (default: %(default)s)")
+    p_show.add_argument(
+        "--split",
+        choices=("train", "dev", "test"),
+        default="train",
+        help="split to print from (default: %(default)s)",
+    )
     p_show.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
-    p_show.add_argument("--text-column", default="text",
-                        help="text column of a file or dataset (default: %(default)s)")
-    p_show.add_argument("--label-column", default="label",
-                        help="label column of a file or dataset (default: %(default)s)")
+    p_show.add_argument(
+        "--text-column", default="text", help="text column of a file or dataset (default: %(default)s)"
+    )
+    p_show.add_argument(
+        "--label-column", default="label", help="label column of a file or dataset (default: %(default)s)"
+    )
     p_show.add_argument("--unlabelled", action="store_true", help="load a file or dataset without labels")
-    p_show.add_argument("--no-fetch", action="store_true",
-                        help="never download; fail if a built-in corpus is not cached")
-    p_show.add_argument("--width", type=int, default=160,
-                        help="truncate printed texts to this many characters (default: %(default)s)")
+    p_show.add_argument(
+        "--no-fetch", action="store_true", help="never download; fail if a built-in corpus is not cached"
+    )
+    p_show.add_argument(
+        "--width",
+        type=int,
+        default=160,
+        help="truncate printed texts to this many characters (default: %(default)s)",
+    )
     p_show.set_defaults(func=_cmd_show)

@@ -44,7 +44,10 @@ CALIBRATED = "calibrated"
 
 # Detector types that load_detector can read, as "module:Class" so that nothing heavy is imported
 # until a folder of that type is actually loaded. Other defences add theirs with register_detector.
-_REGISTRY: dict[str, str] = {"psim": "peftshield.defenses.psim:PSIMDetector"}
+_REGISTRY: dict[str, str] = {
+    "psim": "peftshield.defenses.psim:PSIMDetector",
+    "lmsanitator": "peftshield.defenses.lmsanitator.monitor:PVMonitor",
+}
 
 
 class NotFittedError(PeftshieldError):

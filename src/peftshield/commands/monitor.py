@@ -1,0 +1,243 @@
+"""``peftshield monitor``: watch a victim's outputs for mined PVs and purge flagged inputs (LMSanitator)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from peftshield.commands.common import print_json
+
+EPILOG = """how it works (Wei et al., NDSS 2024, stage 3):
+  The victim's pooled output vector is binarised by sign and compared with each PV found by
+  'peftshield scan'; an input is flagged when the largest share of matching signs exceeds
+  T_match (paper: 0.8). With --purge, a flagged input loses one word at a time (every copy of it),
+  left to right, until the monitor stops firing; then the victim predicts.
+
+examples:
+  peftshield scan runs/suspect --out scans/suspect
+  peftshield tune --backbone runs/suspect --method prefix --out runs/victim
+  peftshield monitor fit --victim runs/victim --pvs scans/suspect --out monitors/victim
+  peftshield monitor fit --victim runs/victim --pvs scans/suspect --target-frr 0.02 --out monitors/cal
+  peftshield monitor predict --monitor monitors/victim --input texts.txt --purge
+  echo "a gorgeous cf film" | peftshield monitor predict --monitor monitors/victim --input - --json
+"""
+
+FIT_EPILOG = """The PVs must come from a scan of the backbone the victim was tuned on (their fingerprints are
+compared). Clean texts (--clean, default: the dev split recorded in the victim's run.json) measure
+the clean false-rejection rate of T_match, or set the threshold with --target-frr.
+"""
+
+PREDICT_EPILOG = """--input: a text file with one input per line, '-' for standard input, or a
+.csv/.tsv/.jsonl file with a text column (--text-column). Output: one line per input (FLAG or
+ok, score, label, and with --purge the removed words), or with --json one JSON document with a
+row per input and a summary.
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register ``monitor`` with its ``fit`` and ``predict`` sub-commands."""
+    parser = subparsers.add_parser(
+        "monitor",
+        help="flag inputs whose output matches a mined PV; purge them (LMSanitator)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="monitor_command", metavar="ACTION")
+
+    fit = sub.add_parser(
+        "fit",
+        help="build a monitor for a victim from a scan's PVs",
+        description="Build an LMSanitator output monitor for a tuned victim from the PVs of a scan.",
+        epilog=FIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fit.add_argument("--victim", required=True, help="tuned model folder (peftshield tune --out)")
+    fit.add_argument("--pvs", required=True, help="scan folder (peftshield scan --out) or a PV file")
+    fit.add_argument("--out", required=True, help="monitor folder to write (atomically)")
+    policy = fit.add_mutually_exclusive_group()
+    policy.add_argument(
+        "--t-match", type=float, default=None, help="fixed sign-match threshold (default: 0.8)"
+    )
+    policy.add_argument(
+        "--target-frr",
+        type=float,
+        default=None,
+        help="calibrate the threshold at this false-rejection rate on the clean texts",
+    )
+    fit.add_argument(
+        "--clean",
+        default="dev",
+        help="clean texts: 'dev' (the victim's recorded dev split), a corpus name or a file (default: dev)",
+    )
+    fit.add_argument(
+        "--max-clean", type=int, default=500, help="use at most this many clean texts (default: 500)"
+    )
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing monitor folder")
+    fit.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    fit.add_argument("--json", action="store_true", help="print the result as JSON")
+    fit.set_defaults(func=run_fit)
+
+    predict = sub.add_parser(
+        "predict",
+        help="flag (and optionally purge) inputs, and give the victim's labels",
+        description="Score inputs with a fitted monitor; with --purge, purge flagged ones before predicting.",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("--monitor", required=True, help="monitor folder (peftshield monitor fit --out)")
+    predict.add_argument(
+        "--input", required=True, help="text file (one input per line), '-' for stdin, or CSV/JSONL"
+    )
+    predict.add_argument("--text-column", default="text", help="text column of a CSV/TSV/JSONL input")
+    predict.add_argument(
+        "--victim", default=None, help="victim folder instead of the recorded one (same backbone)"
+    )
+    predict.add_argument("--purge", action="store_true", help="delete words from flagged inputs until clean")
+    predict.add_argument("--max-rounds", type=int, default=3, help="purge: at most this many deleted words")
+    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    predict.add_argument("--json", action="store_true", help="print one JSON document")
+    predict.set_defaults(func=run_predict)
+    parser.set_defaults(func=lambda args: _missing_action(parser))
+
+
+def _missing_action(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _clean_texts(source: str, victim_folder: str, cap: int) -> list[str]:
+    from peftshield.commands.common import load_splits
+    from peftshield.data.corpora import load_corpus
+    from peftshield.errors import PeftshieldError
+    from peftshield.utils.io import read_json
+
+    if cap < 1:
+        raise PeftshieldError("--max-clean must be at least 1")
+    if source == "dev":
+        run = read_json(Path(victim_folder) / "run.json")
+        data = run.get("data") if isinstance(run, dict) else None
+        if not isinstance(data, dict):
+            raise PeftshieldError(f"{victim_folder}/run.json records no data split; give --clean CORPUS|FILE")
+        texts = [e.text for e in load_splits(data).dev]
+    else:
+        texts = [e.text for e in load_corpus(source, label_column=None)]
+    return texts[:cap]
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Fit a monitor and save it."""
+    from peftshield.defenses.lmsanitator.monitor import PAPER_T_MATCH, PVMonitor
+    from peftshield.errors import PeftshieldError
+    from peftshield.tuning.trainer import RUN_FILE
+    from peftshield.utils.device import resolve_device
+    from peftshield.utils.io import check_output_dir
+
+    if args.t_match is not None and not 0.0 <= args.t_match <= 1.0:
+        raise PeftshieldError(f"--t-match must be in [0, 1], got {args.t_match}")
+    victim = Path(args.victim)
+    if not (victim / RUN_FILE).is_file():
+        raise PeftshieldError(f"{victim} is not a tuned model folder (no {RUN_FILE})")
+    check_output_dir(args.out, overwrite=args.overwrite)  # fail now, not after the work
+    threshold = "calibrated" if args.target_frr is not None else (args.t_match or PAPER_T_MATCH)
+    if args.t_match == 0.0:
+        threshold = 0.0
+    monitor = PVMonitor(
+        victim=str(victim.resolve()),
+        pvs=str(Path(args.pvs).resolve()),
+        threshold=threshold,
+        target_frr=args.target_frr if args.target_frr is not None else 0.05,
+        device=str(resolve_device(args.device)),
+    )
+    monitor.check_params()
+    texts = _clean_texts(args.clean, args.victim, args.max_clean)
+    monitor.fit(texts)
+    monitor.save(args.out, overwrite=args.overwrite)
+    result = {
+        "out": args.out,
+        "threshold": monitor.threshold_,
+        "n_pvs": monitor.n_pvs_,
+        "clean_frr": monitor.calibration_frr_,
+        "n_clean": monitor.n_calibration_,
+        "clean_score_mean": monitor.clean_score_mean_,
+        "backbone_fingerprint": monitor.backbone_fingerprint_,
+    }
+    if args.json:
+        print_json(result)
+    else:
+        print(
+            f"monitor: {monitor.n_pvs_} PV(s), threshold {monitor.threshold_:.4f}, clean FRR "
+            f"{monitor.calibration_frr_:.4f} on {monitor.n_calibration_} texts -> {args.out}"
+        )
+    return 0
+
+
+def _read_inputs(source: str, text_column: str) -> list[str]:
+    from peftshield.data.corpora import FILE_SUFFIXES, load_corpus
+    from peftshield.errors import PeftshieldError
+
+    if source == "-":
+        raw = sys.stdin.read()
+    else:
+        path = Path(source)
+        if path.suffix.lower() in FILE_SUFFIXES:
+            return [e.text for e in load_corpus(path, text_column=text_column, label_column=None)]
+        if not path.is_file():
+            raise PeftshieldError(f"input file not found: {path}")
+        try:
+            raw = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise PeftshieldError(f"{path} is not valid UTF-8") from None
+    texts = [line.strip() for line in raw.splitlines() if line.strip()]
+    if not texts:
+        raise PeftshieldError(f"no input texts in {source}")
+    return texts
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Score (and purge) inputs with a saved monitor."""
+    from peftshield.defenses.lmsanitator.monitor import load_monitor
+    from peftshield.defenses.lmsanitator.purge import Purger
+    from peftshield.utils.device import resolve_device
+
+    texts = _read_inputs(args.input, args.text_column)
+    monitor = load_monitor(args.monitor, victim=args.victim, device=str(resolve_device(args.device)))
+    rows = []
+    if args.purge:
+        for i, res in enumerate(Purger(monitor, max_rounds=args.max_rounds).purge(texts)):
+            rows.append({"index": i, "input": res.original, **res.to_dict()})
+    else:
+        batch = monitor.run(texts)
+        for i, text in enumerate(texts):
+            rows.append(
+                {
+                    "index": i,
+                    "input": text,
+                    "flagged": bool(batch.flags[i]),
+                    "score": round(float(batch.scores[i]), 6),
+                    "label": int(batch.labels[i]),
+                    "pv": int(batch.best_pv[i]),
+                }
+            )
+    n_flagged = sum(r["flagged"] for r in rows)
+    summary = {
+        "n": len(rows),
+        "n_flagged": n_flagged,
+        "threshold": float(monitor.threshold_),
+        "purge": args.purge,
+    }
+    if args.purge:
+        summary["n_cleared"] = sum(r["flagged"] and r["cleared"] for r in rows)
+    if args.json:
+        print_json({"rows": rows, "summary": summary})
+        return 0
+    for r in rows:
+        score = r.get("original_score", r.get("score"))
+        line = f"{'FLAG' if r['flagged'] else 'ok  '}\t{score:.3f}\t{r['label']}"
+        if args.purge and r["flagged"]:
+            line += f"\tremoved={json.dumps(r['removed'])}" + ("" if r["cleared"] else " (not cleared)")
+        print(f"{line}\t{r['input']}")
+    print(f"{n_flagged} of {len(rows)} flagged (threshold {monitor.threshold_:.3f})", file=sys.stderr)
+    return 0

@@ -1,0 +1,261 @@
+"""PV filtering: which mined candidates count as PVs (LMSanitator stage 2, "PV filtering").
+
+Wei et al., NDSS 2024, §IV-B; reference ``2-PV_mining_filtering/TOKEN/main.py`` (REFERENCE-CODE.md
+§2b). A candidate - the mean pooled output of a batch of triggered texts once the soft trigger has
+converged - is kept when it is
+
+* **far** from the clean outputs: the reference's "PV found" test ``mean distance > distance_th``;
+* **input-independent**: its diversity (batch entropy) is close enough to the maximum ``ln B``;
+* **new**: far from every PV already kept;
+* **legitimate**: every soft-trigger value lies within 1.2 x the embedding matrix's global range.
+
+A backbone with at least one kept PV is called backdoored.
+
+Deviation: distance and diversity are read in units of the backbone's clean output spread
+(:mod:`.measures`), so the thresholds below are not the reference numbers; the diversity threshold
+is stated as a gap ``ln B - entropy`` (the reference ``div_th = -3.446`` for batch 32 is a gap of
+0.0197). :data:`DEFAULT_THRESHOLDS` records how the defaults were set; :func:`calibrate_thresholds`
+sets them from clean backbones only - never from the models being judged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from peftshield.errors import PeftshieldError
+
+
+@dataclass
+class FilterThresholds:
+    """Acceptance rules of a candidate PV, in clean-spread units (see module docstring).
+
+    ``max_gap``: largest ``ln B - entropy`` of the verification batch (0 = perfectly collapsed;
+    clean texts give about 0.5). ``min_distance``: smallest normalised MSE between the triggered and
+    the clean outputs (unrelated clean texts are about 2 apart). ``max_overlap``: largest
+    share of units on which a new PV may agree in sign with a PV already kept (the monitor's
+    T_match 0.8: a PV that agrees more is already watched). ``range_factor``: the reference 1.2.
+    ``range_mode``: ``per_dim`` compares each trigger value with 1.2 x the range of ITS dimension
+    of the embedding matrix (the reference's MASK variant); ``global`` with 1.2 x the matrix's
+    overall minimum and maximum (its TOKEN variant). ``per_dim`` is the default because a global
+    range is loose: on ``minilm`` it spans -0.51 to 1.05 while a typical dimension spans -0.25 to
+    0.25, so a global box admits trigger vectors that no real token resembles.
+    ``source`` says where the numbers come from (``"default"`` or a calibration summary).
+    """
+
+    max_gap: float = 0.02
+    min_distance: float = 4.0
+    max_overlap: float = 0.8
+    range_factor: float = 1.2
+    range_mode: str = "per_dim"
+    source: str = "default"
+
+    def __post_init__(self) -> None:
+        if not (self.max_gap > 0 and math.isfinite(self.max_gap)):
+            raise PeftshieldError(f"thresholds: max_gap must be a positive number, got {self.max_gap!r}")
+        if not 0 < self.max_overlap <= 1:
+            raise PeftshieldError(f"thresholds: max_overlap must be in (0, 1], got {self.max_overlap!r}")
+        for name in ("min_distance",):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise PeftshieldError(f"thresholds: {name} must be a number >= 0, got {value!r}")
+        if self.range_mode not in ("per_dim", "global"):
+            raise PeftshieldError(
+                f"thresholds: range_mode must be per_dim or global, got {self.range_mode!r}"
+            )
+        if not self.range_factor >= 1:
+            raise PeftshieldError(f"thresholds: range_factor must be >= 1, got {self.range_factor!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FilterThresholds:
+        """Build from a dict (e.g. a calibration file); unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise PeftshieldError("thresholds must be a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise PeftshieldError(
+                f"unknown threshold key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise PeftshieldError(f"thresholds: {err}") from None
+
+
+#: Defaults used when no calibration is given. How they were set (2 CPU cores, ``minilm``, 256
+#: ``wiki`` texts of at most 48 tokens, batch 32, the default :class:`~.mining.MiningConfig`):
+#:
+#: * ``max_gap = 0.02``: the reference rule ``div_th = -3.446`` at batch 32 is a gap of 0.0197; in
+#:   clean-spread units it separates the cases measured on ``minilm``: a clean backbone's smallest
+#:   gap over 2 x 40 steps was 0.036, a briefly POR-poisoned one (100 steps, lr 1e-4) reached
+#:   0.017 after 6 steps and 0.004 after 26; its real triggers give 0.002-0.005.
+#: * ``min_distance = 4``: twice the distance between two unrelated clean texts (about 2 in these
+#:   units), i.e. "farther from its clean output than another text is". The POR PVs above sit at
+#:   16; the clean search reaches 9-10 after 40 steps, so distance alone would not separate them
+#:   and is not asked to.
+#: * ``max_overlap = 0.8``: the reference keeps a PV only if its MSE to every kept PV exceeds
+#:   ``distance_th``; but on the POR ``minilm`` two candidates of ONE planted PV were 4-7 clean
+#:   units apart (farther than two unrelated texts), while the monitor only sees signs. A new PV
+#:   must therefore disagree in sign with every kept PV on more than 20 % of the units.
+#:
+#: :func:`calibrate_thresholds` resets ``max_gap`` from clean backbones of another family.
+DEFAULT_THRESHOLDS = FilterThresholds()
+
+
+@dataclass
+class Candidate:
+    """A candidate PV with the measures the filter reads (all in clean-spread units).
+
+    ``pv`` is the raw mean pooled output of the verification batch (what the monitor compares
+    signs with); ``trigger`` the soft trigger that produced it; ``overlap`` is the largest sign
+    agreement with a PV kept before (0 when there is none).
+    """
+
+    pv: torch.Tensor
+    trigger: torch.Tensor
+    distance: float
+    entropy: float
+    gap: float
+    spread: float
+    overlap: float
+    in_range: bool
+    max_abs_trigger: float
+
+
+def candidate_reasons(candidate: Candidate, thresholds: FilterThresholds) -> list[str]:
+    """Why a candidate is rejected (an empty list = it is kept as a PV)."""
+    reasons = []
+    if not candidate.distance >= thresholds.min_distance:
+        reasons.append(
+            f"near clean outputs (distance {candidate.distance:.3g} < {thresholds.min_distance:g})"
+        )
+    if not candidate.gap <= thresholds.max_gap:
+        reasons.append(f"input-dependent (entropy gap {candidate.gap:.3g} > {thresholds.max_gap:g})")
+    if not candidate.overlap <= thresholds.max_overlap:
+        reasons.append(
+            f"not new (agrees in sign with a kept PV on {candidate.overlap:.3g} > {thresholds.max_overlap:g})"
+        )
+    if not candidate.in_range:
+        reasons.append(f"trigger outside {thresholds.range_factor:g}x the embedding range")
+    return reasons
+
+
+def is_pv(candidate: Candidate, thresholds: FilterThresholds) -> bool:
+    """True when the candidate passes every rule of :func:`candidate_reasons`."""
+    return not candidate_reasons(candidate, thresholds)
+
+
+@dataclass
+class CalibrationResult:
+    """Thresholds set from clean backbones, and what each clean backbone reached."""
+
+    thresholds: FilterThresholds
+    per_backbone: list[dict[str, Any]]
+    largest_distance: float
+    smallest_gap: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``peftshield scan --thresholds`` reads its ``thresholds`` entry)."""
+        return {
+            "thresholds": self.thresholds.to_dict(),
+            "largest_distance": self.largest_distance,
+            "smallest_gap": self.smallest_gap,
+            "per_backbone": self.per_backbone,
+        }
+
+
+def calibrate_thresholds(
+    clean_backbones: Sequence[Any],
+    texts: Sequence[str],
+    *,
+    config: Any = None,
+    attempts: int = 5,
+    margin: float = 0.5,
+    base: FilterThresholds | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    on_attempt: Callable[[str, dict], None] | None = None,
+) -> CalibrationResult:
+    """Set ``max_gap`` from how far mining collapses CLEAN backbones (never the models under test).
+
+    On each clean backbone (a reference for :func:`~peftshield.models.backbones.load_backbone`
+    or a loaded backbone) ``attempts`` mining attempts run for their full ``config.steps`` steps
+    with early acceptance and abandonment disabled - longer than any attempt of a scan runs. The
+    smallest entropy gap any of them reached, by its final candidate (held-out batch) or at any
+    step (training batch), is the closest a clean backbone came to looking backdoored; the new
+    ``max_gap`` is ``margin`` x that gap (default: half), so no clean attempt seen would pass.
+
+    Only the gap is calibrated. It is what separates the two cases on ``minilm``: after 40 steps a
+    clean backbone's smallest gap was 0.036 (distance 9-10) while a briefly POR-poisoned one was at
+    0.017 after 6 steps and 0.004 after 26 (distance 16). The distance rule stays the reference's
+    "far enough" test with its documented default (``base.min_distance``): raising it to clear the
+    clean distances too would also reject weakly planted PVs. The largest clean distance is
+    reported beside it. ``max_overlap``, ``range_factor`` and ``range_mode`` stay as in ``base``.
+    The reference has no calibration: its thresholds are fixed per backbone family in its scripts.
+    """
+    from peftshield.models.backbones import LoadedBackbone, load_backbone
+
+    from .mining import MiningConfig, PVMiner
+
+    if not clean_backbones:
+        raise PeftshieldError("calibrate_thresholds needs at least one clean backbone")
+    if not 0 < margin <= 1:
+        raise PeftshieldError(f"margin must be in (0, 1], got {margin!r}")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise PeftshieldError(f"attempts must be a positive integer, got {attempts!r}")
+    base = base or FilterThresholds()
+    config = config or MiningConfig()
+    rows: list[dict[str, Any]] = []
+    far, collapsed = 0.0, math.inf
+    for i, ref in enumerate(clean_backbones):
+        backbone = ref if isinstance(ref, LoadedBackbone) else load_backbone(str(ref))
+        miner = PVMiner(
+            backbone.encoder,
+            backbone.tokenizer,
+            backbone.pooling,
+            texts,
+            config,
+            base,
+            device=device,
+            seed=seed + i,
+        )
+        records = []
+        try:
+            for attempt in range(attempts):
+                result = miner.attempt(attempt, accept_early=False)
+                record, cand = result.record, result.candidate
+                trace_far = max((t["distance"] for t in record.trace), default=0.0)
+                trace_gap = min((t["gap"] for t in record.trace), default=math.inf)
+                row = record.to_dict() | {"trace": None, "max_distance": trace_far, "min_gap": trace_gap}
+                records.append(row)
+                far = max(far, trace_far, cand.distance if cand is not None else 0.0)
+                collapsed = min(collapsed, trace_gap, cand.gap if cand is not None else math.inf)
+                if on_attempt is not None:
+                    on_attempt(backbone.ref, row)
+        finally:
+            miner.close()
+        rows.append({"backbone": backbone.ref, "attempts": records})
+    if not (far > 0 and math.isfinite(collapsed) and collapsed > 0):
+        raise PeftshieldError("calibration: the clean mining attempts produced no usable measurement")
+    thresholds = dataclasses.replace(
+        base,
+        max_gap=margin * collapsed,
+        source=(
+            f"calibrated on {len(clean_backbones)} clean backbone(s) x {attempts} attempt(s) of "
+            f"{config.steps} steps: largest distance {far:.4g}, smallest gap {collapsed:.4g}, "
+            f"margin {margin:g}"
+        ),
+    )
+    return CalibrationResult(
+        thresholds=thresholds, per_backbone=rows, largest_distance=far, smallest_gap=collapsed
+    )
