@@ -157,6 +157,8 @@ class Detector(ABC):
     """
 
     name: ClassVar[str] = "detector"
+    # What the scores are, when they live in [0, 1] (a fixed threshold outside it is a mistake).
+    score_kind: ClassVar[str | None] = None
     #: Attributes (ending in ``_``) written to ``detector.json`` and restored on load.
     _fitted_attributes: ClassVar[tuple[str, ...]] = (
         "threshold_",
@@ -183,6 +185,14 @@ class Detector(ABC):
     def check_params(self) -> None:
         """Validate the parameters without touching data (``fit`` calls it first; the CLI earlier)."""
         check_threshold_policy(self.threshold, self.target_frr)
+        if (
+            self.score_kind
+            and not isinstance(self.threshold, str)
+            and not 0.0 <= float(self.threshold) <= 1.0
+        ):
+            raise PeftshieldError(
+                f"{self.name} scores are {self.score_kind}: threshold must be in [0, 1], got {self.threshold}"
+            )
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

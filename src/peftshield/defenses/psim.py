@@ -229,6 +229,7 @@ class PSIMDetector(Detector):
     """
 
     name: ClassVar[str] = "psim"
+    score_kind: ClassVar[str | None] = "probabilities"
     _fitted_attributes: ClassVar[tuple[str, ...]] = (
         *Detector._fitted_attributes,
         "backbone_ref_",
@@ -273,10 +274,6 @@ class PSIMDetector(Detector):
     def check_params(self) -> None:
         """Validate every parameter and the recipe (PSIM §3), before any data or model is loaded."""
         super().check_params()
-        if not isinstance(self.threshold, str) and not 0.0 <= float(self.threshold) <= 1.0:
-            raise PeftshieldError(
-                f"PSIM scores are probabilities: threshold must be in [0, 1], got {self.threshold}"
-            )
         if self.head not in HEAD_CHOICES:
             raise PeftshieldError(
                 f"unknown head option {self.head!r}; choose one of {', '.join(HEAD_CHOICES)}"

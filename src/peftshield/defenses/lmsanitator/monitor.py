@@ -95,6 +95,7 @@ class PVMonitor(Detector):
     """
 
     name: ClassVar[str] = "lmsanitator"
+    score_kind: ClassVar[str | None] = "sign-match fractions"
     _fitted_attributes: ClassVar[tuple[str, ...]] = (
         *Detector._fitted_attributes,
         "n_pvs_",
@@ -125,11 +126,6 @@ class PVMonitor(Detector):
     def check_params(self) -> None:
         """Validate the parameters before any model is loaded."""
         super().check_params()
-        if not isinstance(self.threshold, str) and not 0.0 <= float(self.threshold) <= 1.0:
-            raise PeftshieldError(
-                f"LMSanitator scores are sign-match fractions: threshold must be in [0, 1], "
-                f"got {self.threshold}"
-            )
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise PeftshieldError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
