@@ -193,6 +193,9 @@ class Detector(ABC):
             raise PeftshieldError(
                 f"{self.name} scores are {self.score_kind}: threshold must be in [0, 1], got {self.threshold}"
             )
+        batch_size = getattr(self, "batch_size", 1)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PeftshieldError(f"batch_size must be a positive integer, got {batch_size!r}")
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

@@ -293,8 +293,6 @@ class PSIMDetector(Detector):
             )
         if self.num_labels is not None and (not isinstance(self.num_labels, int) or self.num_labels < 2):
             raise PeftshieldError(f"num_labels must be an integer >= 2, got {self.num_labels!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise PeftshieldError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.config is not None and not isinstance(self.config, dict):
             raise PeftshieldError("config must be a dict of method config overrides")
         self.method_config()

@@ -126,8 +126,6 @@ class PVMonitor(Detector):
     def check_params(self) -> None:
         """Validate the parameters before any model is loaded."""
         super().check_params()
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise PeftshieldError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
             raise PeftshieldError(f"max_length must be an integer >= 2, got {self.max_length!r}")
 
