@@ -247,6 +247,10 @@ class InSentConfig(TaskSpecificConfig):
     attack: ClassVar[str] = "insent"
     sentence: str = "I watched this 3D movie"
     position: str = "random"
+    # The dirty-label defaults of BadNets (rate 0.2, lr 5e-5), where rate 0.1 at lr 2e-5 was measured
+    # too weak; not tuned for this trigger separately (the poisoning step records the attacker's ASR).
+    poison_rate: float = 0.2
+    lr: float = 5e-5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -274,6 +278,8 @@ class TemplateConfig(TaskSpecificConfig):
     attack: ClassVar[str] = "template"
     prefix: str = "when you see it ,"
     suffix: str = "."
+    poison_rate: float = 0.2  # BadNets' dirty-label defaults, as for InSent
+    lr: float = 5e-5
 
     def __post_init__(self) -> None:
         super().__post_init__()

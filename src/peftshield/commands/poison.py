@@ -66,7 +66,7 @@ def add_parser(subparsers) -> None:
         type=float,
         default=None,
         help="share of eligible samples poisoned, in (0, 1] (badnets/insent/template: non-target "
-        "samples, default 0.1; clean-label: target-class samples, default 1.0 up to 1500)",
+        "samples, default 0.2; clean-label: target-class samples, default 1.0 up to 1500)",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
