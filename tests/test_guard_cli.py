@@ -131,7 +131,7 @@ def test_guard_evaluate_reads_poison_json(models, tmp_path, capsys):
         (["--target-frr", "1.5"], "target_frr"),
         (["--threshold", "1.5"], r"\[0, 1\]"),
         (["--reset-rate", "-1"], "reset_rate"),
-        (["--set", "rank=4"], "unknown ptuning config key"),
+        (["--set", "rank=4"], "unknown lora config key"),
         (["--head", "keep", "--backbone", "minilm-missing"], "unknown backbone"),
     ],
 )

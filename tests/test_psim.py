@@ -150,7 +150,7 @@ def test_label_reset_and_held_out_split():
         ({"head": "borrow"}, "head option"),
         ({"threshold": "calibrated", "calibration_fraction": 0.0}, "calibration_fraction"),
         ({"method": "adapterx"}, "unknown method"),
-        ({"config": {"rank": 4}}, "unknown ptuning config key"),
+        ({"config": {"rank": 4}}, "unknown lora config key"),
     ],
 )
 def test_bad_parameters_fail_before_any_work(params, message):

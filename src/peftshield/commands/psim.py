@@ -22,14 +22,14 @@ from peftshield.commands.common import (
 EPILOG = """examples:
   peftshield psim fit --backbone runs/poisoned --out runs/psim             # paper threshold 0.7
   peftshield psim fit --backbone runs/poisoned --target-frr 0.05 --out runs/psim-cal
-  peftshield psim fit --backbone runs/poisoned --head fresh --method lora --set lr=1e-3 --out runs/psim-lora
+  peftshield psim fit --backbone runs/poisoned --method ptuning --out runs/psim-paper  # paper's P-tuning
   peftshield psim fit --backbone minilm --corpus reviews.csv --max-train 2000 --out runs/psim-mine
 
 The clean data is the training split of --corpus (the defender's own data); a held-out part
 (--calibration-fraction, default 0.2) is never trained on: it calibrates the threshold at
 --target-frr, or reports what the fixed --threshold costs on clean inputs (fit warns when the
-paper's 0.7 rejects more than 20 % of them: then use --target-frr). The recipe (P-tuning, 5
-virtual tokens, one epoch, batch 32, as in the paper's code; lr 3e-3 with the head frozen, see
+paper's 0.7 rejects more than 20 % of them: then use --target-frr). The recipe (LoRA, lr 1e-3, one
+epoch, batch 32, the head frozen; the paper's P-tuning with --method ptuning; why: see
 peftshield.defenses.psim) can be changed with --set KEY=VALUE for any key of the method's config.
 The output folder holds detector.json and the module (a peft adapter with its head), written
 atomically.
@@ -65,7 +65,9 @@ def add_parser(subparsers) -> None:
         "auto: keep when there is one (default)",
     )
     fit.add_argument(
-        "--method", default="ptuning", help="PEFT method of the module (default: ptuning, the paper's)"
+        "--method",
+        default="lora",
+        help="PEFT method of the module (default: lora, measured best on minilm; the paper's is ptuning)",
     )
     fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe/config value")
     fit.add_argument("--config", metavar="FILE.json", help="config overrides as a JSON object")

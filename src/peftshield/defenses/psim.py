@@ -49,6 +49,18 @@ Where this implementation differs, and why:
   rejects much of the held-out clean data. These are tiny-model numbers; the minilm benchmark
   should compare the three (``--set lr=2e-5 --set head_lr=2e-5``; ``--method lora --set lr=1e-3``)
   and settle the default for real backbones.
+- The default module is **LoRA** (lr 1e-3, head frozen, 1 epoch), not the paper's P-tuning, which
+  stays selectable (``method="ptuning"``). Measured on ``minilm`` with the BadNets backbone of the
+  benchmarks (``bench/bench_psim_recipes.py``; 800 clean ``movies`` training texts, calibration at
+  2 % FRR on the other 200, 500 clean test texts against their triggered non-target copies)::
+
+      recipe (head kept)              AUROC  clean  trig   FRR@.7  FAR@.7  FAR@cal 2%
+      lora lr 1e-3, head frozen       0.999  0.61   0.96   0.16    0.00    0.004
+      ptuning lr 3e-3, head frozen    0.903  0.56   0.75   0.02    0.33    0.29
+      ptuning reference lr 2e-5       0.955  0.78   0.98   0.69    0.00    0.55
+
+  Only LoRA separates the tails: at the FRR a defender can afford, P-tuning lets a third or more
+  of the triggered inputs through. ``bench/results/psim_recipes.json`` holds the other backbones.
 - ``reset_rate`` generalises the reference's 100 % reset (each label is replaced with probability
   ``reset_rate`` by a uniformly drawn one; the reference has no such parameter).
 - The threshold can also be calibrated at a target false-rejection rate on a held-out part of the
@@ -244,7 +256,7 @@ class PSIMDetector(Detector):
     def __init__(
         self,
         backbone: str = "minilm",
-        method: str = "ptuning",
+        method: str = "lora",
         config: dict[str, Any] | None = None,
         head: str = "auto",
         reset_rate: float = 1.0,
