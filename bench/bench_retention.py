@@ -160,6 +160,8 @@ def plan_cells(attacks: list[str], methods: list[str], budgets: list[str]) -> li
 class Setup:
     """Where the backbone and the corpora come from, and the recipe overrides of a run."""
 
+    smoke_prefix = "retention-smoke-"  # the smoke run's temporary folder
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.smoke = args.smoke
@@ -170,7 +172,7 @@ class Setup:
         if self.smoke:
             from peftshield.models.tiny import build_tiny_bert
 
-            self.tmp = Path(tempfile.mkdtemp(prefix="retention-smoke-"))
+            self.tmp = Path(tempfile.mkdtemp(prefix=self.smoke_prefix))
             self.backbone = str(build_tiny_bert(self.tmp / "tiny-bert", seed=0, pooling="mean"))
             self.backbone_name = "tiny"
             self.victim_corpus = "toy"
@@ -398,8 +400,14 @@ def _backdoor_fields(measured: dict) -> dict:
     }
 
 
-def victim_cell(cell: Cell, setup: Setup, poisons: Poisons, splits: Splits, attacks: list[str], args) -> dict:
-    from peftshield.evaluation.asr import backdoor_metrics
+def tune_victim(
+    cell: Cell, setup: Setup, poisons: Poisons, splits: Splits, attacks: list[str], args
+) -> tuple[Any, Any, dict[str, PoisonRecord], dict[str, Any]]:
+    """Tune ``cell``'s victim on the clean victim data (also used by bench_psim.py).
+
+    Returns the tune result, its method config, the trigger records to measure it with (the
+    attack's own; every attack's for the control) and the row fields naming its backbone.
+    """
     from peftshield.tuning.trainer import tune
 
     row: dict[str, Any] = {"backbone": setup.backbone_name, "corpus": setup.victim_corpus}
@@ -423,6 +431,13 @@ def victim_cell(cell: Cell, setup: Setup, poisons: Poisons, splits: Splits, atta
         head=cell.head,
         progress=False,
     )
+    return result, config, records, row
+
+
+def victim_cell(cell: Cell, setup: Setup, poisons: Poisons, splits: Splits, attacks: list[str], args) -> dict:
+    from peftshield.evaluation.asr import backdoor_metrics
+
+    result, config, records, row = tune_victim(cell, setup, poisons, splits, attacks, args)
     start = time.perf_counter()
     measured = {
         attack: backdoor_metrics(
@@ -456,180 +471,10 @@ def victim_cell(cell: Cell, setup: Setup, poisons: Poisons, splits: Splits, atta
 # --------------------------------------------------------------------------------------------
 # Summary and tables
 
+# The summary and the tables live in the library, so that `peftshield report` reads the rows the
+# same way this script prints them.
 
-def _victims(rows: list[dict]) -> dict[tuple, dict]:
-    return {(r["attack"], r["method"], r["budget"], r["head"]): r for r in rows if r.get("cell") == "victim"}
-
-
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def _control_asr(row: dict | None, attack: str, metric: str) -> float | None:
-    if row is None or "error" in row:
-        return None
-    return row.get("by_attack", {}).get(attack, {}).get(metric)
-
-
-def summarize(rows: list[dict], attacks: list[str], budgets: list[str]) -> dict:
-    """Per attack: mean ASR under PEFT vs under full FT at its best-dev budget, and which is larger."""
-    victims = _victims([r for r in rows if "error" not in r])
-    summary: dict[str, Any] = {"per_attack": {}}
-    holds, fails, incomplete = [], [], []
-    for attack in attacks:
-        metrics = ["asr", "asr_dominant"] if attack_kind(attack) == "task-agnostic" else ["asr"]
-        peft = {m: victims.get((attack, m, "default", "fresh")) for m in PEFT_METHODS}
-        peft = {m: r for m, r in peft.items() if r is not None}
-        full = {b: victims.get((attack, "full", b, "fresh")) for b in ["default", *budgets]}
-        full = {b: r for b, r in full.items() if r is not None}
-        entry: dict[str, Any] = {
-            "kind": attack_kind(attack),
-            "asr_convention": "psim" if attack_kind(attack) == "task-specific" else "lms",
-            "peft_methods_done": sorted(peft),
-            "full_budgets_done": sorted(full),
-        }
-        for metric in metrics:
-            entry[f"peft_{metric}"] = {m: r.get(metric) for m, r in peft.items()}
-            entry[f"peft_mean_{metric}"] = _mean([r.get(metric) for r in peft.values()])
-            entry[f"control_peft_mean_{metric}"] = _mean(
-                [_control_asr(victims.get(("control", m, "default", "fresh")), attack, metric) for m in peft]
-            )
-        entry["peft_cacc"] = {m: r["cacc"] for m, r in peft.items()}
-        entry["full_by_budget"] = {
-            b: {"lr": r["lr"], "epochs": r["epochs"], "dev_accuracy": r["dev_accuracy"], "cacc": r["cacc"]}
-            | {metric: r.get(metric) for metric in metrics}
-            for b, r in full.items()
-        }
-        if full:
-            best = max(full, key=lambda b: full[b]["dev_accuracy"])  # the first on ties
-            entry["best_full_budget"] = best
-            for metric in metrics:
-                entry[f"full_{metric}_at_best"] = full[best].get(metric)
-                entry[f"full_min_{metric}"] = min(r.get(metric) for r in full.values())
-            entry["control_full_asr"] = _control_asr(
-                victims.get(("control", "full", "default", "fresh")), attack, "asr"
-            )
-        keep = victims.get((attack, "lora", "default", "keep"))
-        if keep is not None:
-            entry["lora_head_keep"] = {"cacc": keep["cacc"], "asr": keep["asr"]}
-        peft_mean, full_best = entry.get("peft_mean_asr"), entry.get("full_asr_at_best")
-        if peft_mean is None or full_best is None:
-            entry["peft_retains_more"] = None
-            incomplete.append(attack)
-        else:
-            entry["peft_retains_more"] = bool(peft_mean > full_best)
-            entry["margin"] = peft_mean - full_best
-            (holds if entry["peft_retains_more"] else fails).append(attack)
-        if len(peft) < len(PEFT_METHODS) or len(full) < 1 + len(budgets):
-            entry["partial"] = True
-        summary["per_attack"][attack] = entry
-    summary["finding"] = {
-        "claim": "mean ASR under PEFT > ASR under full FT at the full-FT budget with the best dev accuracy",
-        "holds_for": holds,
-        "fails_for": fails,
-        "not_measured": incomplete,
-    }
-    # The issue's target: POR ASR >= 0.95 under LoRA and prefix with CACC within 2 points of the control.
-    target = {}
-    for method in ("lora", "prefix"):
-        row = victims.get(("por", method, "default", "fresh"))
-        control = victims.get(("control", method, "default", "fresh"))
-        if row is None or control is None:
-            continue
-        drop = control["cacc"] - row["cacc"]
-        target[method] = {
-            "asr": row["asr"],
-            "cacc_drop": drop,
-            "met": bool(row["asr"] >= 0.95 and drop <= 0.02),
-        }
-    summary["por_target"] = target
-    return summary
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
-
-
-def tables(
-    rows: list[dict], attacks: list[str], methods: list[str], budgets: list[str], corpus: str = "movies"
-) -> str:
-    """Markdown: attack x method (CACC / ASR), then the full-FT budget axis."""
-    victims = _victims(rows)
-    methods = [m for m in ("full", *PEFT_METHODS) if m in methods]
-
-    def cell(row: dict | None, with_asr: bool = True, control_for: str | None = None) -> str:
-        if row is None:
-            return "—"
-        if "error" in row:
-            return "error"
-        if control_for is not None:
-            return f"{_fmt(row['cacc'])} / {_fmt(_control_asr(row, control_for, 'asr'))}"
-        return f"{_fmt(row['cacc'])} / {_fmt(row.get('asr'))}" if with_asr else _fmt(row["cacc"])
-
-    out = [
-        f"CACC / ASR on {corpus} test (ASR: PSIM convention for task-specific, LMSanitator's for por/neuba;",
-        "",
-    ]
-    out[0] += " full FT at its default budget)"
-    out += ["| backbone | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for attack in attacks:
-        out.append(
-            f"| {attack} | "
-            + " | ".join(cell(victims.get((attack, m, "default", "fresh"))) for m in methods)
-            + " |"
-        )
-        if any((attack, m, "default", "keep") in victims for m in methods):
-            line = " | ".join(cell(victims.get((attack, m, "default", "keep"))) for m in methods)
-            out.append(f"| {attack} (attacker's head kept) | {line} |")
-        line = " | ".join(
-            cell(victims.get(("control", m, "default", "fresh")), control_for=attack) for m in methods
-        )
-        out.append(f"| control, {attack} triggers | {line} |")
-    if "full" in methods:
-        names = ["default", *budgets]
-        out += ["", "Full fine-tuning budgets: CACC / ASR (dev accuracy); * = best dev accuracy", ""]
-        out += ["| backbone | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for attack in ["control", *attacks]:
-            found = {b: victims.get((attack, "full", b, "fresh")) for b in names}
-            ok = {b: r for b, r in found.items() if r is not None and "error" not in r}
-            best = max(ok, key=lambda b: ok[b]["dev_accuracy"]) if ok else None
-            cells = []
-            for b in names:
-                row = found[b]
-                if row is None or "error" in row:
-                    cells.append(cell(row))
-                    continue
-                text = cell(row, with_asr=attack != "control") + f" ({_fmt(row['dev_accuracy'])})"
-                cells.append(text + (" *" if b == best else ""))
-            out.append(f"| {attack} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
-def finding_lines(summary: dict) -> str:
-    lines = []
-    for attack, entry in summary["per_attack"].items():
-        if entry["peft_retains_more"] is None:
-            lines.append(
-                f"- {attack}: not measured yet "
-                f"(PEFT {entry['peft_methods_done']}, full {entry['full_budgets_done']})"
-            )
-            continue
-        verdict = (
-            "PEFT retains MORE than full FT" if entry["peft_retains_more"] else "PEFT does NOT retain more"
-        )
-        lines.append(
-            f"- {attack}: mean ASR under PEFT {entry['peft_mean_asr']:.3f} vs full FT at its best-dev budget "
-            f"({entry['best_full_budget']}) {entry['full_asr_at_best']:.3f} -> {verdict}"
-            + (" (partial)" if entry.get("partial") else "")
-        )
-    for method, t in summary.get("por_target", {}).items():
-        lines.append(
-            f"- por target under {method}: ASR {t['asr']:.3f} (>= 0.95?), CACC drop {t['cacc_drop']:+.3f} "
-            f"(<= 0.02?) -> {'met' if t['met'] else 'not met'}"
-        )
-    return "\n".join(lines)
-
+from peftshield.reporting.retention import finding_lines, summarize, tables  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Plan: the cell order with a rough cost estimate
