@@ -15,7 +15,10 @@ from peftshield.errors import PeftshieldError
 
 # Sub-command modules, each with ``add_parser(subparsers)``; imported lazily so that
 # ``peftshield --help`` does not pay for torch.
-_COMMANDS = ("data", "tune", "poison", "evaluate", "demo", "psim", "guard", "scan", "monitor", "report")
+_COMMANDS = (
+    "data", "tune", "poison", "evaluate", "demo", "psim", "guard", "scan", "monitor", "report", "bench",
+    "baseline",
+)
 
 DESCRIPTION = """Defend parameter-efficient fine-tuning against weight-poisoning backdoors.
 

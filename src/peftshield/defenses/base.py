@@ -47,6 +47,9 @@ CALIBRATED = "calibrated"
 _REGISTRY: dict[str, str] = {
     "psim": "peftshield.defenses.psim:PSIMDetector",
     "lmsanitator": "peftshield.defenses.lmsanitator.monitor:PVMonitor",
+    "strip": "peftshield.defenses.strip:STRIPDetector",
+    "rap": "peftshield.defenses.rap:RAPDetector",
+    "onion": "peftshield.defenses.onion:ONIONDetector",
 }
 
 

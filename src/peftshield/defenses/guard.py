@@ -108,6 +108,16 @@ def _name_detectors(detectors: Any) -> dict[str, Detector]:
     return named
 
 
+def _loader_takes_victim(folder: str | Path) -> bool:
+    """Whether the detector type saved in ``folder`` is loaded with a ``victim`` (it queries one)."""
+    import inspect
+
+    from peftshield.defenses.base import detector_class, read_detector_record
+
+    loader = detector_class(str(read_detector_record(folder)["type"]))._from_record
+    return "victim" in inspect.signature(loader).parameters
+
+
 class Guard:
     """A victim classifier plus detectors; rejects inputs any detector flags (PSIM §3 deployment).
 
@@ -152,7 +162,12 @@ class Guard:
             raise PeftshieldError("a guard needs at least one detector folder")
         torch_device = resolve_device(device)
         tuned = load_tuned(victim, device=torch_device)
-        loaded = [load_detector(folder, device=str(torch_device)) for folder in detectors]
+        loaded = []
+        for folder in detectors:
+            # Detectors that query the victim (STRIP, RAP, the LMSanitator monitor) get the guard's
+            # own, already-loaded victim: loaded once, and their loader checks it is theirs.
+            shared = {"victim": tuned} if _loader_takes_victim(folder) else {}
+            loaded.append(load_detector(folder, device=str(torch_device), **shared))
         return cls(tuned, loaded, batch_size=batch_size)
 
     def thresholds(self) -> dict[str, float]:

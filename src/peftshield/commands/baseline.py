@@ -1,0 +1,245 @@
+"""``peftshield baseline``: fit a classic input-level defence (STRIP, RAP, ...) for a victim.
+
+The baselines the PSIM and LMSanitator detectors are compared with. Each is a detector under the
+shared contract (:mod:`peftshield.defenses.base`): fitted on clean texts, its threshold calibrated
+at a target false-rejection rate, saved as a detector folder that ``peftshield guard predict`` and
+``guard evaluate`` read with ``--detector``, beside PSIM or the monitor.
+
+Adding a defence is one entry in :data:`BASELINES`: the detector class, and a line of help. The
+command passes the options the class's constructor takes (``victim``, ``threshold``,
+``target_frr``, ``seed`` ...) and ``--set KEY=VALUE`` for any other constructor parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftshield.commands.common import add_runtime_args, parse_overrides, print_json
+from peftshield.errors import PeftshieldError
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A defence the command can fit: its detector class (lazy ``module:Class``) and a help line."""
+
+    target: str
+    help: str
+
+    def detector_class(self) -> type:
+        """Import the detector class."""
+        import importlib
+
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+#: The defences ``baseline fit --defense`` knows. One entry per defence.
+BASELINES: dict[str, Baseline] = {
+    "strip": Baseline(
+        "peftshield.defenses.strip:STRIPDetector",
+        "STRIP (Gao et al. 2021): low prediction entropy under word swaps = triggered",
+    ),
+    "rap": Baseline(
+        "peftshield.defenses.rap:RAPDetector",
+        "RAP (Yang et al. 2021): a learned word barely lowers a triggered input's probability",
+    ),
+    "onion": Baseline(
+        "peftshield.defenses.onion:ONIONDetector",
+        "ONION (Qi et al. 2021): a word whose removal lowers a causal LM's perplexity (no victim needed)",
+    ),
+}
+
+EPILOG = """defences:
+{defences}
+
+examples:
+  peftshield baseline fit --defense strip --victim runs/victim --out runs/strip
+  peftshield baseline fit --defense rap --victim runs/victim --target 0 --target-frr 0.01 --out runs/rap
+  peftshield baseline fit --defense rap --victim runs/victim --set rap_word=mn --set epochs=10 --out runs/rap
+  peftshield guard evaluate --victim runs/victim --detector runs/strip --poisoned runs/bad
+
+Clean texts (--clean, default: the dev split recorded in the victim's run.json, at most
+--max-clean) fit the defence; a held-out part (--set calibration_fraction=..., default 0.2) sets
+the threshold at --target-frr (default 0.05), or reports what a fixed --threshold costs. --set
+KEY=VALUE reaches any constructor parameter of the defence (see its docstring, e.g.
+'python -c "import peftshield.defenses.rap as m; help(m)"'). RAP's default word is "cf", also the
+default BadNets trigger: against a "cf" backdoor choose another (--set rap_word=mn); fit warns
+when the word itself flips the victim. The folder holds detector.json (and the defence's weights)
+and refers to the victim by path; it is written atomically.
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register ``baseline`` and its sub-command ``fit``."""
+    parser = subparsers.add_parser(
+        "baseline",
+        help="fit a baseline input detector (STRIP, RAP) for a victim",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="baseline_command", metavar="SUBCOMMAND")
+    defences = "\n".join(f"  {name:<8}{spec.help}" for name, spec in BASELINES.items())
+    fit = sub.add_parser(
+        "fit",
+        help="fit a baseline defence on clean texts and save a detector folder",
+        description=__doc__,
+        epilog=EPILOG.format(defences=defences),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fit.add_argument("--defense", required=True, choices=sorted(BASELINES), help="which baseline")
+    fit.add_argument(
+        "--victim",
+        default=None,
+        help="victim folder ('peftshield tune --out'): the classifier protected; names the --clean dev split",
+    )
+    policy = fit.add_mutually_exclusive_group()
+    policy.add_argument("--threshold", type=float, default=None, help="fixed threshold on the score scale")
+    policy.add_argument(
+        "--target-frr",
+        type=float,
+        default=None,
+        help="calibrate the threshold at this false-rejection rate on held-out clean texts (default: 0.05)",
+    )
+    fit.add_argument(
+        "--target", type=int, default=None, help="the protected (attacker's target) label, where used (RAP)"
+    )
+    fit.add_argument(
+        "--clean",
+        default="dev",
+        help="clean texts: 'dev' (the victim's recorded dev split), a corpus name or a file (default: dev)",
+    )
+    fit.add_argument(
+        "--max-clean", type=int, default=500, help="use at most this many clean texts (default: 500)"
+    )
+    fit.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default: 128)")
+    fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other parameter of the defence")
+    fit.add_argument("--config", metavar="FILE.json", help="parameters as a JSON object")
+    fit.add_argument("--out", required=True, help="detector folder to write (atomically)")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    fit.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_runtime_args(fit)
+    fit.set_defaults(func=run_fit)
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def detector_params(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """Constructor parameters of ``cls`` from the command line; options it does not take are errors."""
+    from peftshield.defenses.base import CALIBRATED
+    from peftshield.utils.device import resolve_device
+
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    given: dict[str, Any] = {
+        "seed": args.seed,
+        "device": str(resolve_device(args.device)),
+        "batch_size": args.batch_size,
+    }
+    if args.victim is not None:
+        given["victim"] = str(Path(args.victim).resolve())
+    if args.target_frr is not None:
+        given.update(threshold=CALIBRATED, target_frr=args.target_frr)
+    elif args.threshold is not None:
+        given["threshold"] = args.threshold
+    if args.target is not None:
+        given["target_label"] = args.target
+    overrides = parse_overrides(args.set, args.config)
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise PeftshieldError(
+            f"{args.defense} has no parameter {', '.join(map(repr, unknown))}; its parameters: "
+            f"{', '.join(sorted(accepted))}"
+        )
+    # --victim also names the clean dev split (--clean dev), so a defence without one ignores it.
+    if "target_label" in given and "target_label" not in accepted:
+        raise PeftshieldError(f"--target is not used by {args.defense}")
+    if "victim" in accepted and "victim" not in given and "victim" not in overrides:
+        raise PeftshieldError(f"{args.defense} needs --victim FOLDER (the classifier it protects)")
+    params = {k: v for k, v in given.items() if k in accepted}
+    params.update(overrides)
+    return params
+
+
+def clean_texts(args: argparse.Namespace) -> list[str]:
+    """The clean texts: the victim's recorded dev split, or a corpus / file, capped at --max-clean."""
+    from peftshield.commands.common import load_splits
+    from peftshield.data.corpora import load_corpus
+    from peftshield.tuning.trainer import RUN_FILE
+    from peftshield.utils.io import read_json
+
+    if args.max_clean < 1:
+        raise PeftshieldError("--max-clean must be at least 1")
+    if args.clean == "dev":
+        if args.victim is None:
+            raise PeftshieldError(
+                "--clean dev needs --victim (its run.json names the split); or give a corpus"
+            )
+        run_file = Path(args.victim) / RUN_FILE
+        if not run_file.is_file():
+            raise PeftshieldError(f"{args.victim} is not a tuned model folder (no {RUN_FILE})")
+        data = read_json(run_file).get("data")
+        if not isinstance(data, dict):
+            raise PeftshieldError(f"{run_file} records no data split; give --clean CORPUS|FILE")
+        texts = [e.text for e in load_splits(data).dev]
+    else:
+        texts = [e.text for e in load_corpus(args.clean, label_column=None)]
+    if not texts:
+        raise PeftshieldError(f"no clean texts in {args.clean}")
+    return texts[: args.max_clean]
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Fit the chosen baseline on clean texts and save its detector folder."""
+    from peftshield.commands.guard import one_line_warnings
+    from peftshield.defenses.base import CALIBRATED
+    from peftshield.utils.io import check_output_dir
+
+    if args.batch_size < 1:
+        raise PeftshieldError("--batch-size must be at least 1")
+    cls = BASELINES[args.defense].detector_class()
+    params = detector_params(args, cls)
+    detector = cls(**params)
+    detector.check_params()  # every option error before any data or model is loaded
+    check_output_dir(args.out, overwrite=args.overwrite)  # fail now, not after the work
+    texts = clean_texts(args)
+    with one_line_warnings():
+        detector.fit(texts, progress=False if args.quiet else None)
+    detector.save(args.out, overwrite=args.overwrite)
+    policy = f"calibrated@{detector.target_frr}" if detector.threshold == CALIBRATED else "fixed"
+    fitted = detector.fitted_attributes()
+    summary = {
+        "out": args.out,
+        "defense": args.defense,
+        "victim": params.get("victim"),
+        "threshold": detector.threshold_,
+        "policy": policy,
+        "calibration_frr": fitted.get("calibration_frr_"),
+        "n_calibration": fitted.get("n_calibration_"),
+        "n_clean": len(texts),
+        # The defence's own scalar diagnostics (RAP's in-range rate, STRIP's clean entropy ...).
+        **{
+            k.rstrip("_"): v
+            for k, v in fitted.items()
+            if isinstance(v, int | float | str) and k not in _SHOWN
+        },
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        frr = summary["calibration_frr"]
+        shown = "n/a" if frr is None else f"{frr:.3f}"
+        print(
+            f"{args.defense}: threshold {detector.threshold_:.6g} ({policy}), clean FRR {shown} on "
+            f"{summary['n_calibration']} held-out texts of {len(texts)} -> {args.out}"
+        )
+    return 0
+
+
+_SHOWN = ("threshold_", "calibration_frr_", "n_calibration_", "backbone_fingerprint_", "victim_fingerprint_")

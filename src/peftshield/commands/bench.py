@@ -1,0 +1,193 @@
+"""``peftshield bench``: run an experiment grid (corpora x backbones x attacks x methods x defences x seeds).
+
+See :mod:`peftshield.grid` for how cells, stages and the cache fit together.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from peftshield.utils.device import DEVICE_CHOICES
+
+EPILOG = """grid file (YAML needs the 'yaml' extra; JSON always works; 'default' is the shipped grid):
+  name: study
+  seeds: [0]
+  sizes: {max_train: 400, max_eval: 150, poison_max_train: 800}
+  scan: {texts: wiki, max_total_steps: 90}          # LMSanitator scan, for the monitor
+  corpora: [movies]                                  # victim data: built-in name or CSV/TSV/JSONL file
+  backbones: [minilm]                                # registered name, model folder or hub id
+  attacks: [none, badnets, {name: por, recipe: {steps: 100}}]   # none = clean control
+  methods: [lora, {name: prefix, config: {epochs: 2}}]          # none = no victim (detection only)
+  defenses: [none, psim, monitor]                    # none = undefended
+
+examples:
+  peftshield bench plan default                          # cells, stages, cost estimate
+  peftshield bench run default --results runs/grid       # the small default grid
+  peftshield bench run study.yaml --results runs/study --jobs 2
+  peftshield bench plan study.yaml --results runs/study  # what is done, cached, left
+
+Every stage artifact (poisoned backbone, victim, scan, fitted defence) is cached by content under
+RESULTS/artifacts and shared by every cell that needs it; each cell writes RESULTS/cells/<id>.json
+and RESULTS/grid.json collects them (benchmark result shape). A killed run started again with the
+same command redoes no finished cell; failed cells are retried. Exit status: 0 when every cell
+finished, 1 when some failed, 2 on bad input (found before any cell runs).
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register ``bench run`` and ``bench plan``."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="run an experiment grid of attacks, PEFT methods and defences (resumable, parallel)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="bench_command", metavar="{run,plan}")
+    run = sub.add_parser(
+        "run",
+        help="run every unfinished cell of a grid",
+        description="Run every unfinished cell of a grid into --results (resumable).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("grid", help="grid file (.yaml, .yml or .json), or 'default'")
+    run.add_argument("--results", required=True, help="results folder (created; reused to resume)")
+    run.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
+    run.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto uses a GPU when present")
+    run.add_argument("--quiet", action="store_true", help="no progress bar (the cell log stays)")
+    run.set_defaults(func=run_command)
+    plan = sub.add_parser(
+        "plan",
+        help="list the cells and stages of a grid, with what is done and cached",
+        description="List the cells and stages of a grid, what is done or cached in --results, "
+        "and a cost estimate.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument("grid", help="grid file (.yaml, .yml or .json), or 'default'")
+    plan.add_argument("--results", help="results folder to compare with (default: none, nothing cached)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=plan_command)
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Validate the grid (and the results folder), then run it."""
+    from peftshield.grid.cache import check_results_dir
+    from peftshield.grid.config import load_grid
+    from peftshield.grid.runner import run_grid
+
+    grid = load_grid(args.grid)
+    check_results_dir(args.results)
+    command = f"peftshield bench run {args.grid} --results {args.results} --jobs {args.jobs}"
+    command += f" --device {args.device}"
+    summary = run_grid(
+        grid,
+        args.results,
+        jobs=args.jobs,
+        device=args.device,
+        progress=False if args.quiet else None,
+        command=command,
+    )
+    return 1 if summary.failed else 0
+
+
+def plan_report(grid: Any, results: str | None) -> dict[str, Any]:
+    """The plan as data: cells with status, stages with cached flags, and the cost estimate."""
+    from peftshield.grid.cache import ArtifactStore
+    from peftshield.grid.estimate import plan_costs
+    from peftshield.grid.plan import expand, unique_stages
+    from peftshield.grid.runner import cell_status
+
+    cells = expand(grid)
+    folder = Path(results) if results else None
+    store = ArtifactStore(folder) if folder is not None else None
+    statuses = cell_status(cells, folder)
+    stages = unique_stages(cells)
+    cached = {
+        key
+        for by_key in stages.values()
+        for key, st in by_key.items()
+        if store is not None and store.is_built(st)
+    }
+    done = {s.cell.id for s in statuses if s.state == "done"}
+    costs = plan_costs(cells, cached, done)
+    counts = {
+        kind: {"total": len(by_key), "cached": sum(k in cached for k in by_key)}
+        for kind, by_key in stages.items()
+    }
+    return {
+        "grid": grid.name,
+        "source": grid.source,
+        "axes": {
+            "corpora": [c.label for c in grid.corpora],
+            "backbones": [b.label for b in grid.backbones],
+            "attacks": [a.label for a in grid.attacks],
+            "methods": [m.label for m in grid.methods],
+            "defenses": [d.label for d in grid.defenses],
+            "seeds": list(grid.seeds),
+        },
+        "stages": counts,
+        "estimate_seconds": round(sum(costs.values()), 1),
+        "cells": [
+            {
+                "index": i,
+                "id": s.cell.id,
+                "title": s.cell.title(),
+                "status": s.state,
+                "stages": [
+                    {"kind": st.kind, "name": st.name, "key": st.key, "cached": st.key in cached}
+                    for st in s.cell.stages()
+                ],
+                "estimate_seconds": round(costs.get(s.cell.id, 0.0), 1),
+            }
+            for i, s in enumerate(statuses, start=1)
+        ],
+    }
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    """Print the plan of a grid."""
+    from peftshield.commands.common import print_json
+    from peftshield.grid.config import load_grid
+
+    report = plan_report(load_grid(args.grid), args.results)
+    if args.json:
+        print_json(report)
+        return 0
+    axes = report["axes"]
+    sizes = " x ".join(f"{len(v)} {k}" for k, v in axes.items())
+    cells = report["cells"]
+    by_state = {state: sum(c["status"] == state for c in cells) for state in ("done", "failed", "todo")}
+    print(f"grid {report['grid']} ({report['source']}): {len(cells)} cells from {sizes}")
+    print(
+        f"  cells: {by_state['done']} done, {by_state['failed']} failed (to retry), {by_state['todo']} to run"
+    )
+    print(
+        "  artifacts: "
+        + ", ".join(
+            f"{kind} {c['total']} ({c['cached']} cached)"
+            for kind, c in report["stages"].items()
+            if c["total"]
+        )
+    )
+    print(
+        f"  rough time to finish: {report['estimate_seconds'] / 60:.1f} min "
+        "(minilm-calibrated cost model, unloaded 2-core CPU; a shared stage counts for its first cell)"
+    )
+    width = max(len(c["title"]) for c in cells)
+    print(f"\n{'#':>3}  {'status':6}  {'cell':{width}}  {'est. s':>6}  stages (* = cached)")
+    for c in cells:
+        stages = " ".join(f"{s['kind']}:{s['name']}{'*' if s['cached'] else ''}" for s in c["stages"]) or "-"
+        print(
+            f"{c['index']:>3}  {c['status']:6}  {c['title']:{width}}  {c['estimate_seconds']:6.0f}  {stages}"
+        )
+    return 0

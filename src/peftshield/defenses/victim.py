@@ -1,0 +1,220 @@
+"""Detectors that query the victim classifier itself (STRIP, RAP, ONION).
+
+PSIM and the LMSanitator monitor carry a model of their own. The classic input-level baselines do
+not: STRIP perturbs an input and watches how the *victim's* prediction moves (Gao et al. 2021),
+RAP inserts a learned word and measures the drop of the *victim's* protected-class probability
+(Yang et al., EMNLP 2021), ONION asks the victim again after removing outlier words (Qi et al.,
+EMNLP 2021). :class:`VictimDetector` is what they share:
+
+- the ``victim`` parameter: a folder written by ``peftshield tune`` (an adapter or a full model,
+  read with :func:`peftshield.tuning.trainer.load_tuned`), a loaded
+  :class:`~peftshield.tuning.trainer.TunedModel` or :class:`~peftshield.tuning.trainer.TuneResult`,
+  or an in-memory ``(model, tokenizer)`` pair (any model whose output has ``logits``, e.g. a
+  Hugging Face sequence classifier); a detector built on an in-memory victim can be used but not
+  saved;
+- two fingerprints: ``backbone_fingerprint_`` (the backbone the victim records in its
+  ``run.json``; the guard compares it with its own victim's, as for every detector) and
+  ``victim_fingerprint_``, a sha256 over every weight of the victim (adapter and head included):
+  a saved detector reloaded beside another victim, even one tuned on the same backbone, is refused,
+  because its threshold (and RAP's learned word) belongs to the victim it was fitted on;
+- the victim's logits in batches (:meth:`VictimDetector.victim_logits`), with the shared
+  truncation warning;
+- persistence: ``detector.json`` records the victim's folder (not a copy); loading takes
+  ``victim=`` to use an already-loaded victim (the guard passes its own) or a moved folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from peftshield.data.records import Example
+from peftshield.defenses.base import Detector, check_texts, warn_truncation
+from peftshield.errors import PeftshieldError
+
+#: Token limit of an in-memory victim that does not say its own.
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass
+class LoadedVictim:
+    """A victim ready for inference: model, tokenizer, token limit and its ``run.json`` (if any)."""
+
+    model: Any
+    tokenizer: Any
+    max_length: int
+    run: dict = field(default_factory=dict)
+
+
+def load_victim(victim: Any, device: str = "cpu", max_length: int | None = None) -> LoadedVictim:
+    """Turn any accepted ``victim`` form into a :class:`LoadedVictim` (a folder is loaded on ``device``)."""
+    from peftshield.tuning.trainer import load_tuned
+    from peftshield.utils.device import resolve_device
+
+    if isinstance(victim, str | Path):
+        tuned = load_tuned(victim, device=resolve_device(device))
+        return LoadedVictim(tuned.model, tuned.tokenizer, int(max_length or tuned.max_length), tuned.run)
+    if isinstance(victim, tuple | list) and len(victim) == 2:
+        model, tokenizer = victim
+        run: dict = {}
+        limit = max_length or getattr(tokenizer, "model_max_length", None)
+        # Tokenizers without a limit report a huge sentinel (int(1e30)).
+        if not isinstance(limit, int) or limit > 100_000:
+            limit = DEFAULT_MAX_LENGTH
+    elif hasattr(victim, "model") and hasattr(victim, "tokenizer"):
+        model, tokenizer = victim.model, victim.tokenizer
+        run = dict(getattr(victim, "run", None) or {})
+        config = getattr(victim, "config", None)  # a TuneResult carries its method config
+        limit = max_length or getattr(victim, "max_length", None) or getattr(config, "max_length", None)
+        if not run and getattr(victim, "backbone_fingerprint", None):
+            run = {"backbone": {"fingerprint": victim.backbone_fingerprint}}
+    else:
+        raise PeftshieldError(
+            "victim must be a tuned-model folder, a loaded TunedModel / TuneResult or a (model, tokenizer) "
+            f"pair, got {type(victim).__name__}"
+        )
+    if not callable(model) or not callable(tokenizer):
+        raise PeftshieldError("victim: the model and the tokenizer must both be callable")
+    return LoadedVictim(model, tokenizer, int(limit or DEFAULT_MAX_LENGTH), run)
+
+
+def recorded_fingerprint(victim: LoadedVictim) -> str | None:
+    """The backbone fingerprint a victim records in its ``run.json`` (``None`` if unknown)."""
+    return (victim.run.get("backbone") or {}).get("fingerprint")
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A sha256 over every weight of the victim (base, adapter and head) — its identity."""
+    from peftshield.models.backbones import fingerprint
+
+    return fingerprint(model)
+
+
+def clean_texts(clean: Sequence[Example] | Sequence[str], what: str = "clean texts") -> list[str]:
+    """The texts of ``clean`` (strings or :class:`Example` records), validated."""
+    if clean is None or isinstance(clean, str):
+        return check_texts(clean, what)
+    return check_texts([getattr(x, "text", x) for x in clean], what)
+
+
+def split_held_out(texts: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split ``texts`` (seeded) into the part a detector learns from and the calibration part."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(texts))
+    n_cal = int(round(fraction * len(texts)))
+    held = set(order[:n_cal].tolist())
+    learn = [t for i, t in enumerate(texts) if i not in held]
+    return learn, [texts[i] for i in sorted(held)]
+
+
+class VictimDetector(Detector):
+    """Base of detectors that score inputs with the victim classifier (STRIP, RAP, ONION).
+
+    Subclasses store ``victim``, ``device``, ``batch_size`` and ``max_length`` among their
+    parameters, call :meth:`_attach_victim` at the start of ``fit`` and use :meth:`victim_logits`
+    to query it. Fitted attributes added here: ``victim_fingerprint_`` (weights of the victim) and
+    ``victim_`` (the loaded victim; never saved).
+    """
+
+    _fitted_attributes: ClassVar[tuple[str, ...]] = (*Detector._fitted_attributes, "victim_fingerprint_")
+
+    victim: Any
+    device: str
+    batch_size: int
+    max_length: int | None
+
+    def check_params(self) -> None:
+        """Validate the shared parameters (threshold policy, batch size, token limit)."""
+        super().check_params()
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2
+        ):
+            raise PeftshieldError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+
+    # -- the victim ------------------------------------------------------------------------------
+
+    def _attach_victim(self, victim: Any = None) -> LoadedVictim:
+        """Load the victim (``self.victim`` unless another is given) and record its fingerprints."""
+        loaded = load_victim(self.victim if victim is None else victim, self.device, self.max_length)
+        self.victim_ = loaded
+        self.backbone_fingerprint_ = recorded_fingerprint(loaded)
+        self.victim_fingerprint_ = weights_fingerprint(loaded.model)
+        return loaded
+
+    def _check_victim(self) -> LoadedVictim:
+        self.check_fitted()
+        if not hasattr(self, "victim_"):
+            raise PeftshieldError(
+                f"this {self.name} detector has no victim loaded: fit it or load it with load_detector"
+            )
+        return self.victim_
+
+    def victim_logits(self, texts: Sequence[str], *, warn: bool = True) -> np.ndarray:
+        """The victim's logits for ``texts`` (sorted-length batches of ``batch_size``)."""
+        from peftshield.models.inference import predict_outputs
+
+        victim = self._check_victim()
+        if warn:
+            warn_truncation(victim.tokenizer, texts, victim.max_length, self.name)
+        logits, _ = predict_outputs(
+            victim.model,
+            victim.tokenizer,
+            list(texts),
+            batch_size=int(self.batch_size),
+            max_length=victim.max_length,
+        )
+        return logits
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Save as a detector folder; the victim must be a folder path (recorded, not copied)."""
+        if not isinstance(self.victim, str | Path):
+            raise PeftshieldError(
+                f"a {self.name} detector built on an in-memory victim cannot be saved; build it with "
+                "the victim's folder path (peftshield tune --out)"
+            )
+        self.victim = str(Path(self.victim).resolve())
+        return super().save(folder, overwrite=overwrite)
+
+    @classmethod
+    def _from_record(
+        cls,
+        record: dict[str, Any],
+        folder: Path,
+        *,
+        device: str | None = None,
+        victim: Any = None,
+    ) -> Self:
+        """Reload a saved detector and its victim; refuse a victim with other weights.
+
+        ``victim`` replaces the recorded folder: a moved copy, or a victim already loaded (the guard
+        passes its own, so the weights are loaded once). ``device`` defaults to the CPU.
+        """
+        params = dict(record["params"])
+        params["device"] = device if device is not None else "cpu"
+        detector = super()._from_record({**record, "params": params}, folder)
+        expected = getattr(detector, "victim_fingerprint_", None)
+        try:
+            loaded = load_victim(victim if victim is not None else params["victim"], params["device"])
+        except PeftshieldError as err:
+            raise PeftshieldError(f"{cls.name} detector {folder}: {err}") from None
+        got = weights_fingerprint(loaded.model)
+        if expected and got != expected:
+            raise PeftshieldError(
+                f"the {cls.name} detector in {folder} was fitted on another victim (weights fingerprint "
+                f"{expected[:12]} vs {got[:12]}); fit it again on this victim"
+            )
+        if detector.max_length is not None:
+            loaded.max_length = int(detector.max_length)
+        detector.victim_ = loaded
+        detector._restore_state(folder)
+        return detector
+
+    def _restore_state(self, folder: Path) -> None:
+        """Read the weights written by :meth:`_save_state` (nothing for a JSON-only state)."""
+        return None

@@ -1,0 +1,726 @@
+"""Grid configuration: read a YAML or JSON grid file and validate ALL of it before any cell runs.
+
+Shape (every key optional except ``corpora``, ``backbones``, ``methods`` and ``defenses``)::
+
+    name: small-study
+    description: free text
+    seeds: [0, 1]
+    sizes:     {max_train: 400, max_eval: 150, split_seed: 0,
+                poison_max_train: 800, poison_max_eval: 150, defense_max_train: 400}
+    scan:      {texts: wiki, text_column: text, attempts: 30, max_total_steps: 90,
+                stop_at_first: false, mining: {...MiningConfig keys}, thresholds: {...} or FILE.json}
+    corpora:   [movies, {name: data/reviews.csv, label: reviews, text_column: review, label_column: stars}]
+    backbones: [minilm, {name: path/to/hf-folder, label: mine, scan: false}]   # scan: false | {...overrides}
+    attacks:   [none, badnets, {name: por, label: por-100, recipe: {steps: 100}, corpus: wiki}]
+    methods:   [lora, {name: prefix, label: prefix-8, config: {num_virtual_tokens: 8}, head: fresh}, none]
+    defenses:  [none, psim, {name: monitor, threshold: 0.8}]
+
+A list entry is a name or a mapping with ``name``, an optional ``label`` (unique within its list;
+used in cell ids and result rows) and the entry's own keys. ``none`` is the clean control among
+attacks (the clean backbone, measured with the triggers of every other attack), a cell without a
+victim among methods (the defence is measured on detection only) and the undefended victim among
+defences. Relative file and folder paths are read relative to the grid file's folder.
+
+Validation (:func:`load_grid`) raises one :class:`~peftshield.errors.PeftshieldError` naming the
+offending entry for: an unknown key at any level (top, entry, ``sizes``, ``scan``, attack recipe,
+method config, defence parameter, mining config, filter thresholds); an unknown attack, method,
+defence, corpus or backbone; a missing file or folder; an unlabelled victim or task-specific
+poisoning corpus; and impossible combinations (a defence that needs a victim beside method
+``none``; a defence that needs an LMSanitator scan on a backbone with ``scan: false``; a victim
+that keeps the attacker's head where no attack publishes one; repeated labels or seeds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftshield.errors import PeftshieldError
+
+NONE = "none"
+TOP_KEYS = (
+    "name",
+    "description",
+    "seeds",
+    "sizes",
+    "scan",
+    "corpora",
+    "backbones",
+    "attacks",
+    "methods",
+    "defenses",
+)
+REQUIRED = ("corpora", "backbones", "methods", "defenses")
+SIZE_DEFAULTS: dict[str, Any] = {
+    "max_train": None,
+    "max_eval": None,
+    "split_seed": 0,
+    "poison_max_train": None,  # default: max_train
+    "poison_max_eval": None,  # default: max_eval
+    "defense_max_train": None,  # default: max_train
+}
+SCAN_DEFAULTS: dict[str, Any] = {
+    "texts": "wiki",
+    "text_column": "text",
+    "attempts": 30,
+    "max_total_steps": 300,
+    # The monitor needs every PV (a first-PV scan covers one trigger of six on a POR minilm).
+    "stop_at_first": False,
+    "mining": {},
+    "thresholds": {},
+}
+HEADS = ("auto", "fresh", "keep")
+_LABEL_RE = re.compile(r"[^A-Za-z0-9_.+-]+")
+_DEFAULT_GRID = "default.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Resolved entries
+
+
+@dataclass(frozen=True)
+class CorpusRef:
+    """A corpus as the stages load it: ``ref`` (built-in name, absolute file path or ``hf:...``),
+    its columns, and ``identity`` (what is hashed: the name of a built-in corpus, the content hash
+    of a file). ``size`` is the number of examples when known (cost model only)."""
+
+    label: str
+    ref: str
+    text_column: str = "text"
+    label_column: str | None = "label"
+    identity: dict[str, Any] = field(default_factory=dict)
+    size: int | None = None
+
+    def load_settings(self) -> dict[str, Any]:
+        """The keys :func:`peftshield.commands.common.load_splits` reads (without caps)."""
+        return {"corpus": self.ref, "text_column": self.text_column, "label_column": self.label_column}
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A backbone: registered name, local folder (absolute) or hub id; ``scan`` settings or ``None``."""
+
+    label: str
+    ref: str
+    identity: dict[str, Any]
+    scan: dict[str, Any] | None
+    scale: float = 1.0  # compute cost relative to minilm (cost model only)
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """An attack with its resolved recipe (``AttackConfig.to_dict()``) and corpus, or the control."""
+
+    label: str
+    name: str
+    kind: str | None = None
+    recipe: dict[str, Any] | None = None
+    corpus: CorpusRef | None = None
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A victim's PEFT method with its resolved config (``MethodConfig.to_dict()``) and head policy."""
+
+    label: str
+    name: str
+    config: dict[str, Any] | None = None
+    head: str = "auto"
+
+
+@dataclass(frozen=True)
+class DefenseEntry:
+    """A defence with its resolved parameters (adapter defaults under the entry's values)."""
+
+    label: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    needs_victim: bool = False
+    needs_scan: bool = False
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Data caps: victim train / eval, attacker train / eval, defender's clean training data."""
+
+    max_train: int | None
+    max_eval: int | None
+    split_seed: int
+    poison_max_train: int | None
+    poison_max_eval: int | None
+    defense_max_train: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A validated grid: every entry resolved, ready for :func:`peftshield.grid.plan.expand`."""
+
+    name: str
+    description: str
+    source: str
+    corpora: tuple[CorpusRef, ...]
+    backbones: tuple[BackboneEntry, ...]
+    attacks: tuple[AttackEntry, ...]
+    methods: tuple[MethodEntry, ...]
+    defenses: tuple[DefenseEntry, ...]
+    seeds: tuple[int, ...]
+    sizes: Sizes
+    raw: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def default_grid_path() -> Path:
+    """The small default grid shipped with the package (``peftshield bench run default``)."""
+    return Path(__file__).resolve().parent / _DEFAULT_GRID
+
+
+def read_grid_file(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """Parse a grid file (``.yaml``/``.yml`` with PyYAML, else JSON); ``default`` names the shipped grid."""
+    if str(path) == "default":
+        path = default_grid_path()
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PeftshieldError(f"grid file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PeftshieldError(f"cannot read grid file {path}: {err}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise PeftshieldError(
+                f"{path}: reading a YAML grid needs PyYAML: pip install 'peftshield[yaml]' "
+                "(or write the grid as JSON)"
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else "parse error"
+            raise PeftshieldError(f"{path} is not valid YAML: {first}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PeftshieldError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise PeftshieldError(f"{path}: a grid file must hold a mapping of keys (corpora, backbones, ...)")
+    return data, path
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    """Read and validate a grid file (see the module docstring); raise on the first problem found."""
+    data, resolved = read_grid_file(path)
+    return validate_grid(data, base=resolved.parent, source=str(resolved))
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+class _Where:
+    """Builds the "where" part of an error message: ``grid.json: attacks[2] (por)``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = Path(source).name if source else "grid"
+
+    def fail(self, where: str, message: str) -> PeftshieldError:
+        return PeftshieldError(f"{self.source}: {where}: {message}")
+
+
+def _unknown(keys: Any, allowed: tuple[str, ...] | list[str]) -> list[str]:
+    return sorted(str(k) for k in keys if k not in allowed)
+
+
+def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], where: str, w: _Where) -> None:
+    bad = _unknown(data, allowed)
+    if bad:
+        hint = _suggest(bad[0], allowed)
+        raise w.fail(where, f"unknown key(s) {', '.join(bad)}{hint}; known: {', '.join(allowed)}")
+
+
+def _label(text: str) -> str:
+    label = _LABEL_RE.sub("_", text).strip("_")
+    return label or "x"
+
+
+def _entries(value: Any, key: str, w: _Where) -> list[tuple[str, dict[str, Any]]]:
+    """Normalise a list of names / mappings into ``(where, mapping with name)`` pairs."""
+    if value is None:
+        return []
+    if isinstance(value, str | dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise w.fail(key, f"must be a list of names or mappings, got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise w.fail(f"{key}[{i}]", f"must be a name or a mapping, got {type(item).__name__}")
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise w.fail(f"{key}[{i}]", "needs a 'name'")
+        label = item.get("label")
+        if label is not None and (not isinstance(label, str) or not label or _LABEL_RE.search(label)):
+            raise w.fail(
+                f"{key}[{i}] ({name})",
+                f"'label' must be letters, digits, '.', '_', '+' or '-' (it names files), got {label!r}",
+            )
+        out.append((f"{key}[{i}] ({name})", dict(item)))
+    return out
+
+
+def _unique_labels(items: list[Any], key: str, w: _Where) -> None:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.label in seen:
+            raise w.fail(
+                f"{key}[{i}] ({item.label})",
+                f"repeats the label of {key}[{seen[item.label]}]; give one of them a distinct 'label'",
+            )
+        seen[item.label] = i
+
+
+def _int_or_none(value: Any, where: str, w: _Where, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise w.fail(where, f"must be an integer >= {minimum} or null, got {value!r}")
+    return value
+
+
+def _resolve_path(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+# --------------------------------------------------------------------------------------------
+# Corpora and backbones
+
+
+_KNOWN_SIZES = {"movies": 10605, "tweets": 4200, "amazon": 3708, "nyt": 5190, "wiki": 20000}
+
+
+def _corpus_ref(
+    name: str,
+    where: str,
+    w: _Where,
+    base: Path,
+    *,
+    label: str | None = None,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    labelled: bool,
+) -> CorpusRef:
+    """Resolve a corpus name or file; check it exists and, where ``labelled``, carries labels."""
+    from peftshield.data.corpora import CORPORA, FILE_SUFFIXES, cached_corpus_size, load_corpus
+
+    if not isinstance(text_column, str) or not text_column:
+        raise w.fail(where, "text_column must be a non-empty string")
+    if label_column is not None and (not isinstance(label_column, str) or not label_column):
+        raise w.fail(where, "label_column must be a non-empty string")
+    if name in CORPORA:
+        spec = CORPORA[name]
+        if labelled and not spec.labelled:
+            raise w.fail(where, f"corpus {name!r} is unlabelled; this use needs labelled examples")
+        size = cached_corpus_size(spec)
+        return CorpusRef(
+            label=label or name,
+            ref=name,
+            text_column="text",
+            label_column="label" if labelled else None,
+            identity={"builtin": name, "artifact": spec.artifact, "min_abs_rating": spec.min_abs_rating},
+            size=size if size is not None else _KNOWN_SIZES.get(name),
+        )
+    if name.startswith("hf:"):
+        return CorpusRef(
+            label=label or _label(name[3:]),
+            ref=name,
+            text_column=text_column,
+            label_column=label_column if labelled else None,
+            identity={"hf": name, "text_column": text_column, "label_column": label_column},
+        )
+    path = _resolve_path(name, base)
+    if path.suffix.lower() not in FILE_SUFFIXES and not path.exists():
+        known = ", ".join(CORPORA)
+        raise w.fail(where, f"unknown corpus {name!r}; known: {known}; or a {'/'.join(FILE_SUFFIXES)} file")
+    if not path.is_file():
+        raise w.fail(where, f"corpus file not found: {path}")
+    from peftshield.grid.cache import file_digest
+
+    columns = {"text_column": text_column, "label_column": label_column if labelled else None}
+    try:
+        examples = load_corpus(str(path), **columns)
+    except PeftshieldError as err:
+        raise w.fail(where, str(err)) from None
+    if labelled and len({e.label for e in examples}) < 2:
+        raise w.fail(where, f"{path} holds a single class; a classifier needs at least two")
+    return CorpusRef(
+        label=label or _label(path.stem),
+        ref=str(path.resolve()),
+        identity={"file": file_digest(path), **columns},
+        size=len(examples),
+        **columns,
+    )
+
+
+def _backbone_scale(location: str) -> float:
+    """Compute cost of a backbone relative to minilm (layers x hidden^2), from its config.json."""
+    try:
+        config = json.loads((Path(location) / "config.json").read_text(encoding="utf-8"))
+        layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 1.0
+    return max(layers * hidden * hidden / (6 * 384 * 384), 1e-3)
+
+
+def _backbone(
+    where: str, item: dict[str, Any], scan_defaults: dict[str, Any] | None, w: _Where, base: Path
+) -> BackboneEntry:
+    import importlib.metadata
+
+    from peftshield.grid.cache import folder_digest
+    from peftshield.models.backbones import BACKBONES, resolve_backbone
+
+    _check_keys(item, ("name", "label", "scan"), where, w)
+    name = item["name"]
+    if name in BACKBONES:
+        try:
+            location, _ = resolve_backbone(name)
+        except PeftshieldError as err:
+            raise w.fail(where, str(err)) from None
+        package = BACKBONES[name].package
+        try:
+            version = importlib.metadata.version(package.replace("_", "-")) if package else ""
+        except importlib.metadata.PackageNotFoundError:
+            version = ""
+        ref, identity, label = name, {"registered": name, "package": package, "version": version}, name
+    else:
+        path = _resolve_path(name, base)
+        if not path.exists() and "/" not in name and "\\" not in name:
+            choices = ", ".join(BACKBONES)
+            raise w.fail(where, f"unknown backbone {name!r}: not a registered name ({choices}) nor a folder")
+        if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+            try:
+                location, _ = resolve_backbone(str(path))
+            except PeftshieldError as err:
+                raise w.fail(where, str(err)) from None
+            ref, identity, label = location, {"folder": folder_digest(location)}, _label(path.name)
+        else:  # owner/name: a hub id, usable where a hub is reachable
+            location, ref, identity, label = "", name, {"hub": name}, _label(name.replace("/", "_"))
+    scan = _scan_settings(item.get("scan", True), scan_defaults, f"{where}.scan", w, base)
+    return BackboneEntry(
+        label=item.get("label") or label,
+        ref=ref,
+        identity=identity,
+        scan=scan,
+        scale=_backbone_scale(location) if location else 1.0,
+    )
+
+
+def _scan_settings(
+    value: Any, defaults: dict[str, Any] | None, where: str, w: _Where, base: Path
+) -> dict[str, Any] | None:
+    """Merge a backbone's ``scan`` (``false`` | ``true`` | overrides) into the grid's scan settings."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise w.fail(where, f"must be false, true or a mapping of scan settings, got {value!r}")
+    assert defaults is not None
+    _check_keys(value, tuple(SCAN_DEFAULTS), where, w)
+    merged = {**defaults}
+    for key, item in value.items():
+        if key in ("mining", "thresholds") and isinstance(item, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **item}
+        else:
+            merged[key] = item
+    return _check_scan(merged, where, w, base)
+
+
+def _check_scan(settings: dict[str, Any], where: str, w: _Where, base: Path) -> dict[str, Any]:
+    """Validate resolved scan settings; return them with mining config and thresholds resolved."""
+    from peftshield.defenses.lmsanitator.filtering import FilterThresholds
+    from peftshield.defenses.lmsanitator.mining import MiningConfig
+    from peftshield.utils.io import read_json
+
+    out = dict(settings)
+    for key in ("attempts", "max_total_steps"):
+        value = out[key]
+        if key == "max_total_steps" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise w.fail(f"{where}.{key}", f"must be a positive integer, got {value!r}")
+    if not isinstance(out["stop_at_first"], bool):
+        raise w.fail(f"{where}.stop_at_first", "must be true or false")
+    if not isinstance(out["mining"], dict):
+        raise w.fail(f"{where}.mining", "must be a mapping of mining config keys")
+    try:
+        out["mining"] = MiningConfig.from_dict(out["mining"]).to_dict()
+    except PeftshieldError as err:
+        raise w.fail(f"{where}.mining", str(err)) from None
+    thresholds = out["thresholds"]
+    if isinstance(thresholds, str):
+        try:
+            data = read_json(_resolve_path(thresholds, base))
+        except PeftshieldError as err:
+            raise w.fail(f"{where}.thresholds", str(err)) from None
+        thresholds = data.get("thresholds", data) if isinstance(data, dict) else data
+    if not isinstance(thresholds, dict):
+        raise w.fail(f"{where}.thresholds", "must be a mapping of filter thresholds or a JSON file")
+    try:
+        out["thresholds"] = FilterThresholds.from_dict(thresholds).to_dict()
+    except PeftshieldError as err:
+        raise w.fail(f"{where}.thresholds", str(err)) from None
+    texts = out["texts"]
+    if not isinstance(texts, str) or not texts:
+        raise w.fail(f"{where}.texts", "must be a corpus name or a text file")
+    out["texts"] = _corpus_ref(
+        texts, f"{where}.texts", w, base, text_column=out["text_column"], label_column=None, labelled=False
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Attacks, methods, defences
+
+
+def _attack(where: str, item: dict[str, Any], w: _Where, base: Path) -> AttackEntry:
+    from peftshield.attacks.config import ATTACKS, attack_config
+
+    name = item["name"]
+    if name == NONE:
+        _check_keys(item, ("name", "label"), where, w)
+        return AttackEntry(label=item.get("label") or NONE, name=NONE)
+    _check_keys(item, ("name", "label", "recipe", "corpus", "text_column", "label_column"), where, w)
+    if name not in ATTACKS:
+        choices = (NONE, *ATTACKS)
+        raise w.fail(
+            where, f"unknown attack {name!r}{_suggest(name, choices)}; choose one of {', '.join(choices)}"
+        )
+    recipe = item.get("recipe") or {}
+    if not isinstance(recipe, dict):
+        raise w.fail(f"{where}.recipe", "must be a mapping of attack config keys")
+    try:
+        config = attack_config(name, recipe)
+    except PeftshieldError as err:
+        raise w.fail(f"{where}.recipe", str(err)) from None
+    task_specific = config.kind == "task-specific"
+    corpus = _corpus_ref(
+        item.get("corpus") or type(config).default_corpus,
+        f"{where}.corpus",
+        w,
+        base,
+        text_column=item.get("text_column", "text"),
+        label_column=item.get("label_column", "label") if task_specific else None,
+        labelled=task_specific,
+    )
+    return AttackEntry(
+        label=item.get("label") or name, name=name, kind=config.kind, recipe=config.to_dict(), corpus=corpus
+    )
+
+
+def _method(where: str, item: dict[str, Any], w: _Where) -> MethodEntry:
+    from peftshield.tuning.config import METHODS, method_config
+
+    name = item["name"]
+    if name == NONE:
+        _check_keys(item, ("name", "label"), where, w)
+        return MethodEntry(label=item.get("label") or NONE, name=NONE)
+    _check_keys(item, ("name", "label", "config", "head"), where, w)
+    if name not in METHODS:
+        choices = (NONE, *METHODS)
+        raise w.fail(
+            where, f"unknown method {name!r}{_suggest(name, choices)}; choose one of {', '.join(choices)}"
+        )
+    overrides = item.get("config") or {}
+    if not isinstance(overrides, dict):
+        raise w.fail(f"{where}.config", "must be a mapping of method config keys")
+    try:
+        config = method_config(name, overrides)
+    except PeftshieldError as err:
+        raise w.fail(f"{where}.config", str(err)) from None
+    head = item.get("head", "auto")
+    if head not in HEADS:
+        raise w.fail(f"{where}.head", f"must be one of {', '.join(HEADS)}, got {head!r}")
+    return MethodEntry(label=item.get("label") or name, name=name, config=config.to_dict(), head=head)
+
+
+def _defense(where: str, item: dict[str, Any], w: _Where) -> DefenseEntry:
+    from peftshield.grid.defenses import defense_names, get_adapter
+
+    name = item["name"]
+    if name == NONE:
+        _check_keys(item, ("name", "label"), where, w)
+        return DefenseEntry(label=item.get("label") or NONE, name=NONE)
+    names = defense_names()
+    if name not in names and name not in ("lmsanitator",):
+        raise w.fail(
+            where, f"unknown defence {name!r}{_suggest(name, names)}; choose one of {', '.join(names)}"
+        )
+    adapter = get_adapter(name)
+    given = {k: v for k, v in item.items() if k not in ("name", "label")}
+    params = adapter.resolve(given, f"{w.source}: {where}")
+    return DefenseEntry(
+        label=item.get("label") or name,
+        name=adapter.name,
+        params=params,
+        needs_victim=adapter.needs_victim,
+        needs_scan=adapter.needs_scan,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The whole grid
+
+
+def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str = "") -> GridSpec:
+    """Validate a parsed grid mapping (see the module docstring) into a :class:`GridSpec`."""
+    w = _Where(source)
+    base = base or Path.cwd()
+    _check_keys(data, TOP_KEYS, "top level", w)
+    for key in REQUIRED:
+        if not data.get(key):
+            raise w.fail(key, "is missing or empty")
+    name = data.get("name") or (Path(source).stem if source else "grid")
+    description = data.get("description") or ""
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise w.fail("name", "name and description must be strings")
+
+    # sizes
+    sizes_in = data.get("sizes") or {}
+    if not isinstance(sizes_in, dict):
+        raise w.fail("sizes", "must be a mapping")
+    _check_keys(sizes_in, tuple(SIZE_DEFAULTS), "sizes", w)
+    merged = {**SIZE_DEFAULTS, **sizes_in}
+    for key, value in merged.items():
+        merged[key] = _int_or_none(value, f"sizes.{key}", w, minimum=0 if key == "split_seed" else 1)
+    merged["split_seed"] = merged["split_seed"] or 0
+    for key, fallback in (
+        ("poison_max_train", "max_train"),
+        ("poison_max_eval", "max_eval"),
+        ("defense_max_train", "max_train"),
+    ):
+        if merged[key] is None:
+            merged[key] = merged[fallback]
+    sizes = Sizes(**merged)
+
+    # seeds
+    seeds = data.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds:
+        raise w.fail("seeds", "must be a non-empty list of integers")
+    for i, seed in enumerate(seeds):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise w.fail(f"seeds[{i}]", f"must be an integer >= 0, got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise w.fail("seeds", f"repeated seed in {seeds}")
+
+    # scan defaults (validated only when a backbone keeps its scan)
+    scan_in = data.get("scan") or {}
+    if not isinstance(scan_in, dict):
+        raise w.fail("scan", "must be a mapping of scan settings")
+    _check_keys(scan_in, tuple(SCAN_DEFAULTS), "scan", w)
+    scan_defaults = {**SCAN_DEFAULTS, **scan_in}
+
+    corpora = []
+    for where, item in _entries(data["corpora"], "corpora", w):
+        _check_keys(item, ("name", "label", "text_column", "label_column"), where, w)
+        corpora.append(
+            _corpus_ref(
+                item["name"],
+                where,
+                w,
+                base,
+                label=item.get("label"),
+                text_column=item.get("text_column", "text"),
+                label_column=item.get("label_column", "label"),
+                labelled=True,
+            )
+        )
+    _unique_labels(corpora, "corpora", w)
+
+    defenses = [_defense(where, item, w) for where, item in _entries(data["defenses"], "defenses", w)]
+    _unique_labels(defenses, "defenses", w)
+    scan_needed = any(d.needs_scan for d in defenses)
+
+    backbones = []
+    for where, item in _entries(data["backbones"], "backbones", w):
+        # Scan settings are checked only where a defence will scan (texts may be a corpus to fetch).
+        if not scan_needed and "scan" not in item:
+            item = {**item, "scan": False}
+        backbones.append(_backbone(where, item, scan_defaults, w, base))
+    _unique_labels(backbones, "backbones", w)
+
+    attacks = [
+        _attack(where, item, w, base) for where, item in _entries(data.get("attacks") or [NONE], "attacks", w)
+    ]
+    _unique_labels(attacks, "attacks", w)
+    methods = [_method(where, item, w) for where, item in _entries(data["methods"], "methods", w)]
+    _unique_labels(methods, "methods", w)
+
+    # impossible combinations
+    for i, defense in enumerate(defenses):
+        where = f"defenses[{i}] ({defense.label})"
+        if defense.needs_victim:
+            for j, method in enumerate(methods):
+                if method.name == NONE:
+                    raise w.fail(
+                        where,
+                        f"needs a tuned victim, but methods[{j}] is 'none' (no victim); "
+                        "drop one of them or list this defence in a grid without method 'none'",
+                    )
+        if defense.needs_scan:
+            for j, backbone in enumerate(backbones):
+                if backbone.scan is None:
+                    raise w.fail(
+                        where,
+                        f"needs an LMSanitator scan of every backbone, but backbones[{j}] ({backbone.label}) "
+                        "has scan: false",
+                    )
+    for j, method in enumerate(methods):
+        if method.head == "keep":
+            bare = [a.label for a in attacks if a.kind != "task-specific"]
+            if bare:
+                raise w.fail(
+                    f"methods[{j}] ({method.label}).head",
+                    f"'keep' needs the attacker's published head, but attack(s) {', '.join(bare)} "
+                    "publish none "
+                    "(use head: auto to keep it only where there is one)",
+                )
+    if all(m.name == NONE for m in methods) and all(d.name == NONE for d in defenses):
+        raise w.fail("methods", "with no victim and no defence there is nothing to measure")
+
+    return GridSpec(
+        name=name,
+        description=description,
+        source=source,
+        corpora=tuple(corpora),
+        backbones=tuple(backbones),
+        attacks=tuple(attacks),
+        methods=tuple(methods),
+        defenses=tuple(defenses),
+        seeds=tuple(seeds),
+        sizes=sizes,
+        raw=data,
+    )

@@ -1,0 +1,140 @@
+"""Cost model of the grid: rough seconds per stage, for ``bench plan`` and the progress bar's ETA.
+
+Unit costs are measured on ``minilm`` on an unloaded 2-core CPU (DESIGN.md, ``bench/README.md``,
+the retention benchmark): a training step on a batch of 32 texts of <= 64 tokens takes about
+1.2 s for full fine-tuning, 0.55 s for LoRA and prefix tuning and 0.65 s for prompt tuning and
+P-tuning; a POR / NeuBA step about 1.3 s; an LMSanitator mining step about 0.5 s; classifying one
+text about 4 ms. Costs scale with the batch size, the token limit and the backbone's size
+(``layers x hidden^2`` relative to minilm; a tiny test BERT costs almost nothing). Each stage adds
+a few seconds of loading. On a GPU everything is much faster; the ETA of the progress bar uses
+the measured rate, so it corrects itself as cells finish.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from peftshield.grid.cache import Stage
+
+STEP_SECONDS = {"full": 1.2, "lora": 0.55, "prefix": 0.55, "prompt": 0.65, "ptuning": 0.65}
+AGNOSTIC_STEP_SECONDS = 1.3
+SCAN_STEP_SECONDS = 0.5
+TEXT_SECONDS = 0.004
+LOAD_SECONDS = 5.0  # loading and saving models around each stage (measured: 4-5 s of CPU on minilm)
+#: Forward passes per scored text, per detector (STRIP perturbs each text several times).
+SCORE_PASSES = {"psim": 1.0, "monitor": 0.0, "strip": 5.0, "rap": 2.0, "onion": 12.0}
+
+
+def _rows(size: int | None, cap: int | None, share: float) -> int:
+    """Examples a split gets: the cap, or the split's share of the corpus (guess 1,000 when unknown)."""
+    whole = int(share * size) if size else None
+    if cap is None:
+        return whole or 1000
+    return min(cap, whole) if whole else cap
+
+
+def _step_scale(batch_size: int, max_length: int) -> float:
+    return (batch_size / 32) * (max_length / 64)
+
+
+def stage_seconds(
+    stage: Stage, scale: float, corpus_size: int | None, poison_size: int | None = None
+) -> float:
+    """Rough seconds to build ``stage`` on a backbone of relative size ``scale``."""
+    spec = stage.spec
+    if stage.kind == "poison":
+        recipe = spec["recipe"]
+        per_step = _step_scale(recipe["batch_size"], recipe["max_length"]) * scale
+        if recipe["kind"] == "task-agnostic":
+            return LOAD_SECONDS + recipe["steps"] * AGNOSTIC_STEP_SECONDS * per_step
+        data = spec.get("data", {})
+        n = _rows(poison_size, data.get("max_train"), 0.7)
+        n_eval = _rows(poison_size, data.get("max_eval"), 0.1)
+        steps = recipe["epochs"] * math.ceil(n / recipe["batch_size"])
+        return (
+            LOAD_SECONDS
+            + steps * STEP_SECONDS["full"] * per_step
+            + (recipe["epochs"] + 3) * n_eval * TEXT_SECONDS * scale
+        )
+    if stage.kind == "victim":
+        config, data = spec["method"], spec["data"]
+        n = _rows(corpus_size, data["max_train"], 0.7)
+        n_dev = _rows(corpus_size, data["max_eval"], 0.1)
+        steps = config["epochs"] * math.ceil(n / config["batch_size"])
+        per_step = STEP_SECONDS.get(config["method"], 0.6) * _step_scale(
+            config["batch_size"], config["max_length"]
+        )
+        return LOAD_SECONDS + steps * per_step * scale + config["epochs"] * n_dev * TEXT_SECONDS * scale
+    if stage.kind == "scan":
+        budget = spec["max_total_steps"] or spec["attempts"] * spec["mining"]["steps"]
+        mining = spec["mining"]
+        per_step = SCAN_STEP_SECONDS * _step_scale(mining["batch_size"], mining["max_length"])
+        return LOAD_SECONDS + budget * per_step * scale
+    if stage.kind == "defense":
+        name, params, data = spec["defense"], spec["params"], spec["data"]
+        n_train = _rows(corpus_size, data["train"], 0.7)
+        n_held = _rows(corpus_size, data["heldout"], 0.1)
+        if name == "psim":
+            from peftshield.defenses.psim import PSIM_RECIPES
+
+            method = params.get("method", "ptuning")
+            recipe = {**PSIM_RECIPES.get(method, {}), **(params.get("config") or {})}
+            batch, epochs = recipe.get("batch_size", 32), recipe.get("epochs", 1)
+            steps = epochs * math.ceil(0.8 * n_train / batch)
+            return (
+                LOAD_SECONDS
+                + (steps * STEP_SECONDS.get(method, 0.6) * batch / 32 + 0.2 * n_train * TEXT_SECONDS) * scale
+            )
+        return LOAD_SECONDS + n_held * TEXT_SECONDS * scale * max(1.0, SCORE_PASSES.get(name, 1.0))
+    return LOAD_SECONDS
+
+
+def evaluation_seconds(cell: Any, n_triggers_by_set: list[tuple[int, bool]]) -> float:
+    """Rough seconds of a cell's evaluation: victim and detector passes over clean and triggered texts.
+
+    ``n_triggers_by_set`` holds ``(number of triggers, task_specific)`` per trigger set.
+    """
+    size = cell.corpus.size
+    n_test = _rows(size, cell.sizes["max_eval"], 0.2)
+    texts = n_test
+    for n_triggers, task_specific in n_triggers_by_set:
+        texts += n_triggers * (n_test // 2 if task_specific else n_test)
+    passes = (1.0 if cell.victim is not None else 0.0) + (
+        0.0 if cell.defense.name == "none" else max(1.0, SCORE_PASSES.get(cell.defense.name, 1.0))
+    )
+    return LOAD_SECONDS + texts * passes * TEXT_SECONDS * cell.backbone.scale
+
+
+def cell_trigger_counts(cell: Any) -> list[tuple[int, bool]]:
+    """``(n_triggers, task_specific)`` per trigger set the cell is evaluated with (from the configs)."""
+    from peftshield.attacks.config import attack_config
+
+    if cell.attack.name == "none":
+        sets = cell.evaluation["trigger_sets"]
+        return [(len(s["triggers"]), s["kind"] == "task-specific") for s in sets]
+    config = attack_config(cell.attack.name, cell.attack.recipe)
+    return [(len(config.make_triggers()), config.kind == "task-specific")]
+
+
+def plan_costs(cells: list[Any], built: set[str], done: set[str]) -> dict[str, float]:
+    """Seconds per cell still to run; a shared stage counts once, for the first cell that needs it.
+
+    ``built`` holds the keys of artifacts already on disk (they cost nothing), ``done`` the ids
+    of finished cells (left out).
+    """
+    seen = set(built)
+    out: dict[str, float] = {}
+    for cell in cells:
+        if cell.id in done:
+            continue
+        total = 0.0
+        for stage in cell.stages():
+            if stage.key in seen:
+                continue
+            seen.add(stage.key)
+            poison_size = cell.attack.corpus.size if cell.attack.corpus is not None else None
+            total += stage_seconds(stage, cell.backbone.scale, cell.corpus.size, poison_size)
+        total += evaluation_seconds(cell, cell_trigger_counts(cell))
+        out[cell.id] = total
+    return out

@@ -1,0 +1,292 @@
+"""Expand a validated grid into cells, each a chain of content-keyed stages.
+
+Cells = corpus x backbone x attack x method x defence x seed, minus the combinations that measure
+nothing (no victim and no defence). Each cell holds up to four stages (:class:`~.cache.Stage`):
+
+- ``poison`` (attack != none): the attacked backbone; key = backbone identity + attack recipe +
+  poisoning corpus and caps + seed, so every cell with that attack shares it;
+- ``victim`` (method != none): the tuned victim; key = the (poisoned) backbone's key + method
+  config + head + victim corpus and caps + seed;
+- ``scan`` (defences that need it, e.g. the monitor): the LMSanitator scan of the (poisoned)
+  backbone; key = backbone key + scan settings + seed;
+- ``defense`` (defence != none): the fitted defence; key = its inputs (the backbone for PSIM, the
+  victim and the scan for the monitor) + parameters + defender data + seed, so PSIM is fitted once
+  per backbone and reused by every victim method.
+
+The cell id (``corpus.backbone.attack.method.defense.s<seed>.<hash>``) hashes every stage key and
+the evaluation settings: a result file is reused only for exactly the same cell.
+
+Order: cells are interleaved across their poisoned backbones (round robin), so that parallel
+workers start on different poisonings instead of queueing for one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from peftshield.grid.cache import Stage, digest
+from peftshield.grid.config import (
+    NONE,
+    AttackEntry,
+    BackboneEntry,
+    CorpusRef,
+    DefenseEntry,
+    GridSpec,
+    MethodEntry,
+)
+
+#: Bump when the evaluation of a cell changes (new metrics, other trigger insertion).
+EVAL_VERSION = 1
+#: Payload folder name inside each artifact folder, per stage kind.
+PAYLOADS = {"poison": "model", "victim": "model", "scan": "scan", "defense": "detector"}
+STAGE_KINDS = ("poison", "victim", "scan", "defense")
+
+
+@dataclass
+class Cell:
+    """One experiment: a victim (or none) on a (poisoned) backbone behind a defence (or none)."""
+
+    id: str
+    seed: int
+    corpus: CorpusRef
+    backbone: BackboneEntry
+    attack: AttackEntry
+    method: MethodEntry
+    defense: DefenseEntry
+    sizes: dict[str, Any]
+    poison: Stage | None
+    victim: Stage | None
+    scan: Stage | None
+    defense_stage: Stage | None
+    evaluation: dict[str, Any]
+
+    def stages(self) -> list[Stage]:
+        """The cell's stages in execution order."""
+        return [s for s in (self.poison, self.victim, self.scan, self.defense_stage) if s is not None]
+
+    def labels(self) -> dict[str, Any]:
+        """The DESIGN.md row keys that name the cell."""
+        return {
+            "backbone": self.backbone.label,
+            "corpus": self.corpus.label,
+            "attack": self.attack.label,
+            "method": self.method.label,
+            "defense": self.defense.label,
+            "seed": self.seed,
+        }
+
+    def title(self) -> str:
+        """``corpus/backbone/attack/method/defense s<seed>`` for logs."""
+        names = (self.corpus, self.backbone, self.attack, self.method, self.defense)
+        return "/".join(x.label for x in names) + f" s{self.seed}"
+
+
+def trigger_sets(attacks: tuple[AttackEntry, ...] | list[AttackEntry]) -> list[dict[str, Any]]:
+    """The triggers a clean control is measured with: those of every real attack of the grid."""
+    from peftshield.attacks.config import attack_config
+
+    out = []
+    for attack in attacks:
+        if attack.name == NONE:
+            continue
+        config = attack_config(attack.name, attack.recipe)
+        out.append(
+            {
+                "attack": attack.label,
+                "kind": config.kind,
+                "triggers": [t.to_dict() for t in config.make_triggers()],
+                "target": getattr(config, "target", None) if config.kind == "task-specific" else None,
+            }
+        )
+    return out
+
+
+def _victim_data(corpus: CorpusRef, sizes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "corpus": corpus.identity,
+        "split_seed": sizes["split_seed"],
+        "max_train": sizes["max_train"],
+        "max_eval": sizes["max_eval"],
+    }
+
+
+def poison_stage(backbone: BackboneEntry, attack: AttackEntry, sizes: dict[str, Any], seed: int) -> Stage:
+    """The poisoning of ``backbone`` by ``attack`` (see the module docstring for the key)."""
+    assert attack.corpus is not None and attack.recipe is not None
+    spec: dict[str, Any] = {
+        "attack": attack.name,
+        "recipe": attack.recipe,
+        "corpus": attack.corpus.identity,
+        "seed": seed,
+    }
+    if attack.kind == "task-specific":
+        spec["data"] = {
+            "split_seed": sizes["split_seed"],
+            "max_train": sizes["poison_max_train"],
+            "max_eval": sizes["poison_max_eval"],
+        }
+    return Stage(
+        kind="poison",
+        name=attack.name,
+        spec=spec,
+        inputs={"backbone": digest(backbone.identity)},
+        args={
+            "backbone": backbone.ref,
+            "corpus": attack.corpus.load_settings(),
+            "corpus_label": attack.corpus.label,
+        },
+    )
+
+
+def victim_stage(
+    backbone_key: str, corpus: CorpusRef, method: MethodEntry, head: str, sizes: dict[str, Any], seed: int
+) -> Stage:
+    """The victim's tuning of the (poisoned) backbone ``backbone_key`` on ``corpus``."""
+    return Stage(
+        kind="victim",
+        name=method.name,
+        spec={"method": method.config, "head": head, "data": _victim_data(corpus, sizes), "seed": seed},
+        inputs={"backbone": backbone_key},
+        args={"corpus": corpus.load_settings(), "corpus_label": corpus.label},
+    )
+
+
+def scan_stage(backbone_key: str, settings: dict[str, Any], seed: int) -> Stage:
+    """The LMSanitator scan of the (poisoned) backbone ``backbone_key``."""
+    texts: CorpusRef = settings["texts"]
+    spec = {k: v for k, v in settings.items() if k not in ("texts", "text_column")}
+    spec.update({"texts": texts.identity, "seed": seed})
+    return Stage(
+        kind="scan",
+        name="lmsanitator",
+        spec=spec,
+        inputs={"backbone": backbone_key},
+        args={"texts": texts.ref, "text_column": texts.text_column},
+    )
+
+
+def defense_stage(
+    defense: DefenseEntry,
+    backbone_key: str,
+    victim: Stage | None,
+    scan: Stage | None,
+    corpus: CorpusRef,
+    sizes: dict[str, Any],
+    seed: int,
+) -> Stage:
+    """The fitting of ``defense``: keyed by exactly what it reads (see the module docstring)."""
+    inputs = {"backbone": backbone_key}
+    if defense.needs_victim:
+        assert victim is not None
+        inputs = {"victim": victim.key}
+    if defense.needs_scan:
+        assert scan is not None
+        inputs["scan"] = scan.key
+    data = {
+        "corpus": corpus.identity,
+        "split_seed": sizes["split_seed"],
+        "train": sizes["defense_max_train"],
+        "heldout": sizes["max_eval"],
+    }
+    return Stage(
+        kind="defense",
+        name=defense.name,
+        spec={"defense": defense.name, "params": defense.params, "data": data, "seed": seed},
+        inputs=inputs,
+        args={"corpus": corpus.load_settings()},
+    )
+
+
+def _head(method: MethodEntry, attack: AttackEntry) -> str:
+    # auto: keep the head a task-specific attacker publishes (PSIM's reference victim does), else fresh.
+    if method.head == "auto":
+        return "keep" if attack.kind == "task-specific" else "fresh"
+    return method.head
+
+
+def expand(grid: GridSpec) -> list[Cell]:
+    """Every cell of ``grid``, in run order (round robin over poisoned backbones)."""
+    sizes = grid.sizes.to_dict()
+    control_triggers = trigger_sets(grid.attacks)
+    groups: OrderedDict[str, list[Cell]] = OrderedDict()
+    for seed in grid.seeds:
+        for corpus in grid.corpora:
+            for backbone in grid.backbones:
+                base_key = digest(backbone.identity)
+                for attack in grid.attacks:
+                    poison = None if attack.name == NONE else poison_stage(backbone, attack, sizes, seed)
+                    backbone_key = poison.key if poison else base_key
+                    group = groups.setdefault(f"{seed}:{backbone_key}", [])
+                    for method in grid.methods:
+                        head = _head(method, attack)
+                        victim = (
+                            None
+                            if method.name == NONE
+                            else victim_stage(backbone_key, corpus, method, head, sizes, seed)
+                        )
+                        for defense in grid.defenses:
+                            if victim is None and defense.name == NONE:
+                                continue  # nothing to measure
+                            scan = None
+                            if defense.needs_scan:
+                                assert backbone.scan is not None
+                                scan = scan_stage(backbone_key, backbone.scan, seed)
+                            fitted = (
+                                None
+                                if defense.name == NONE
+                                else defense_stage(defense, backbone_key, victim, scan, corpus, sizes, seed)
+                            )
+                            evaluation = {
+                                "version": EVAL_VERSION,
+                                "data": _victim_data(corpus, sizes),
+                                "defense": {"name": defense.name, "params": defense.params},
+                                "trigger_sets": control_triggers if attack.name == NONE else "poison record",
+                                "seed": seed,
+                            }
+                            stages = [s for s in (poison, victim, scan, fitted) if s is not None]
+                            cell_hash = digest(
+                                {
+                                    "stages": [s.key for s in stages],
+                                    "base": base_key,
+                                    "evaluation": evaluation,
+                                },
+                                8,
+                            )
+                            labels = (corpus.label, backbone.label, attack.label, method.label, defense.label)
+                            group.append(
+                                Cell(
+                                    id=".".join(labels) + f".s{seed}.{cell_hash}",
+                                    seed=seed,
+                                    corpus=corpus,
+                                    backbone=backbone,
+                                    attack=attack,
+                                    method=method,
+                                    defense=defense,
+                                    sizes=sizes,
+                                    poison=poison,
+                                    victim=victim,
+                                    scan=scan,
+                                    defense_stage=fitted,
+                                    evaluation=evaluation,
+                                )
+                            )
+    return _round_robin(list(groups.values()))
+
+
+def _round_robin(groups: list[list[Cell]]) -> list[Cell]:
+    out: list[Cell] = []
+    depth = max((len(g) for g in groups), default=0)
+    for i in range(depth):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
+
+
+def unique_stages(cells: list[Cell]) -> dict[str, dict[str, Stage]]:
+    """The distinct stages of ``cells`` by kind and key (shared stages appear once)."""
+    out: dict[str, dict[str, Stage]] = {kind: {} for kind in STAGE_KINDS}
+    for cell in cells:
+        for stage in cell.stages():
+            out[stage.kind].setdefault(stage.key, stage)
+    return out

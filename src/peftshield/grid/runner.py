@@ -1,0 +1,389 @@
+"""Run a grid: resumable, parallel over local processes, with a progress bar, an ETA and a cell log.
+
+Layout of the results folder ``DIR``::
+
+    DIR/cells/<cell-id>.json     one result row per cell (DESIGN.md "Benchmark result files" keys)
+    DIR/grid.json                the ResultFile shape: benchmark "grid", meta, rows, summary
+    DIR/grid-config.json         the grid as it was read, with its source path
+    DIR/artifacts/<kind>/...     content-addressed stage artifacts (:mod:`.cache`)
+    DIR/log/stages.jsonl         every build, reuse and cell outcome, one JSON line each
+    DIR/log/run.log              the one-line-per-cell log of every run
+
+Resuming: a cell whose result file holds no ``error`` is done and never rerun; a failed cell is
+rerun; a cell interrupted half-way left at most complete artifacts (atomic folders) and no result
+file, so it is rerun and reuses what it had finished. One run at a time per ``DIR`` (a lock).
+
+Parallelism: ``jobs`` worker processes (``spawn``), each with ``cpu_count // jobs`` torch threads
+(never more than ``OMP_NUM_THREADS`` when set), so N workers do not oversubscribe the cores;
+shared artifacts are built once under file locks (:class:`~.cache.ArtifactStore`). Results do not
+depend on ``jobs``: every stage seeds itself and reads its inputs back from disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftshield.errors import PeftshieldError
+from peftshield.grid.cache import (
+    CELLS_DIR,
+    LOG_DIR,
+    RUN_LOG,
+    ArtifactStore,
+    check_results_dir,
+    file_lock,
+)
+from peftshield.grid.config import GridSpec
+from peftshield.grid.plan import Cell, expand
+from peftshield.grid.stages import cell_file
+
+GRID_FILE = "grid.json"
+#: grid.json is rewritten at most this often during a run (and always at its end).
+GRID_WRITE_SECONDS = 10.0
+CONFIG_FILE = "grid-config.json"
+RUN_LOCK = ".bench.lock"
+#: Keys that measure time or record provenance: they differ between two runs of the same cell.
+VOLATILE_KEYS = (
+    "seconds",
+    "overhead_ratio",
+    "inference_seconds",
+    "poison_seconds",
+    "tune_seconds",
+    "scan_seconds",
+    "fit_seconds",
+    "stages",
+    "meta",
+)
+
+
+@dataclass
+class CellStatus:
+    """Where a cell stands in ``DIR``: ``done``, ``failed`` (will be retried) or ``todo``."""
+
+    cell: Cell
+    state: str
+    row: dict[str, Any] | None = None
+
+
+@dataclass
+class RunSummary:
+    """What a run did: rows of the grid (plan order), how many cells ran, failed, were skipped."""
+
+    rows: list[dict[str, Any]]
+    ran: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+def read_row(results: Path, cell_id: str) -> dict[str, Any] | None:
+    """A cell's result row, or ``None`` when it has none (or an unreadable one, rerun then)."""
+    from peftshield.utils.io import read_json
+
+    path = cell_file(results, cell_id)
+    if not path.is_file():
+        return None
+    try:
+        row = read_json(path)
+    except PeftshieldError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def cell_status(cells: list[Cell], results: Path | None) -> list[CellStatus]:
+    """The status of every cell in ``results`` (all ``todo`` without a results folder)."""
+    out = []
+    for cell in cells:
+        row = read_row(results, cell.id) if results is not None else None
+        state = "todo" if row is None else ("failed" if "error" in row else "done")
+        out.append(CellStatus(cell, state, row))
+    return out
+
+
+def worker_threads(jobs: int) -> int:
+    """Torch threads per worker: the cores shared out, capped by ``OMP_NUM_THREADS`` when set."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        threads = min(threads, int(env))
+    return threads
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def cell_line(row: dict[str, Any]) -> str:
+    """The one-line log of a finished cell."""
+    title = "/".join(str(row.get(k)) for k in ("corpus", "backbone", "attack", "method", "defense"))
+    title += f" s{row.get('seed')}"
+    if "error" in row:
+        return f"{title}  FAILED: {row['error'].splitlines()[0][:200]}"
+    parts = []
+    if row.get("cacc") is not None:
+        parts.append(f"CACC {_fmt(row['cacc'])}")
+        if row.get("defense") != "none":
+            parts[-1] += f"->{_fmt(row.get('defended_cacc'))}"
+    if "by_attack" in row:
+        asr = ", ".join(
+            f"{a} {_fmt(v.get('asr'))}" for a, v in row["by_attack"].items() if v.get("asr") is not None
+        )
+        if asr:
+            parts.append(f"false-trigger ASR {asr}")
+    elif row.get("asr") is not None:
+        parts.append(
+            f"ASR {_fmt(row['asr'])}"
+            + (f"->{_fmt(row.get('defended_asr'))}" if row.get("defense") != "none" else "")
+        )
+    if row.get("defense") != "none":
+        parts.append(f"FRR {_fmt(row.get('frr'))}")
+        if row.get("auroc") is not None:
+            parts.append(f"AUROC {_fmt(row['auroc'])}")
+        if row.get("overhead_ratio") is not None:
+            parts.append(f"overhead {row['overhead_ratio']:.2f}x")
+        if row.get("inactive"):
+            parts.append("(inactive: no PV)")
+    return f"{title}  " + "  ".join(parts) + f"  ({row.get('seconds', 0):.0f} s)"
+
+
+def _mean(values: list[Any]) -> float | None:
+    values = [v for v in values if isinstance(v, int | float)]
+    return float(sum(values) / len(values)) if values else None
+
+
+def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
+    """Counts, and per defence the mean AUROC, ASR before / after, CACC cost, FRR and overhead."""
+    ok = [r for r in rows if "error" not in r]
+    summary: dict[str, Any] = {
+        "cells": {"planned": planned, "finished": len(ok), "failed": len(rows) - len(ok)},
+        "seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
+        "by_defense": {},
+    }
+    for defense in dict.fromkeys(r["defense"] for r in ok):
+        attacked = [r for r in ok if r["defense"] == defense and "by_attack" not in r]
+        mine = [r for r in ok if r["defense"] == defense]
+        cost = [
+            r["cacc"] - r["defended_cacc"]
+            for r in mine
+            if r.get("cacc") is not None and r.get("defended_cacc") is not None
+        ]
+        summary["by_defense"][defense] = {
+            "cells": len(mine),
+            "mean_auroc": _mean([r.get("auroc") for r in attacked]),
+            "mean_asr": _mean([r.get("asr") for r in attacked]),
+            "mean_defended_asr": _mean([r.get("defended_asr") for r in attacked]),
+            "mean_cacc_cost": _mean(cost),
+            "mean_frr": _mean([r.get("frr") for r in mine]),
+            "mean_overhead_ratio": _mean([r.get("overhead_ratio") for r in mine]),
+        }
+    return summary
+
+
+def write_grid_file(
+    results: Path,
+    grid: GridSpec,
+    cells: list[Cell],
+    command: str | None,
+    rows_by_id: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Write ``grid.json`` (ResultFile shape) with the rows of the current plan, in plan order.
+
+    ``rows_by_id`` holds the rows known in memory; without it the cell files are read.
+    """
+    from peftshield.utils.io import write_json
+    from peftshield.utils.runinfo import run_metadata
+
+    if rows_by_id is None:
+        rows_by_id = {c.id: row for c in cells if (row := read_row(results, c.id)) is not None}
+    rows = [rows_by_id[c.id] for c in cells if c.id in rows_by_id]
+    meta = run_metadata(command)
+    meta.update({"grid": grid.name, "grid_file": grid.source, "planned_cells": [c.id for c in cells]})
+    summary = summarize(rows, len(cells))
+    write_json(results / GRID_FILE, {"benchmark": "grid", "meta": meta, "rows": rows, "summary": summary})
+    return rows
+
+
+class _Progress:
+    """The overall bar, weighted by the cost model so that its ETA reads cheap and costly cells right.
+
+    Its unit is estimated seconds; the ETA is the estimate left divided by the rate measured since
+    the start (no smoothing: cells differ too much in cost for a moving average).
+    """
+
+    def __init__(self, costs: dict[str, float], n_cells: int, done: int, enabled: bool | None) -> None:
+        from tqdm.auto import tqdm
+
+        self.costs, self.n_cells, self.done = costs, n_cells, done
+        hide = True if enabled is False else (None if enabled is None else False)
+        self.bar = tqdm(
+            total=max(1, round(sum(costs.values()))),
+            disable=hide,
+            smoothing=0,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed} elapsed, ETA {remaining}]",
+            dynamic_ncols=True,
+        )
+        self._describe()
+
+    def _describe(self) -> None:
+        self.bar.set_description_str(f"grid {self.done}/{self.n_cells} cells", refresh=True)
+
+    def finished(self, cell_id: str, line: str) -> None:
+        self.done += 1
+        self.bar.update(round(self.costs.get(cell_id, 0.0)))
+        self._describe()
+        self.bar.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_log(results: Path, line: str) -> None:
+    path = results / LOG_DIR / RUN_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"{stamp} {line}\n")
+
+
+def run_grid(
+    grid: GridSpec,
+    results: str | Path,
+    *,
+    jobs: int = 1,
+    device: str = "auto",
+    progress: bool | None = None,
+    command: str | None = None,
+) -> RunSummary:
+    """Run every unfinished cell of ``grid`` into ``results`` (see the module docstring)."""
+    from peftshield.grid.estimate import plan_costs
+    from peftshield.grid.plan import unique_stages
+    from peftshield.utils.device import resolve_device
+    from peftshield.utils.io import write_json
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise PeftshieldError(f"--jobs must be a positive integer, got {jobs!r}")
+    resolve_device(device)  # a bad or unavailable device fails now, not in every cell
+    results = check_results_dir(results)
+    cells = expand(grid)
+    if not cells:
+        raise PeftshieldError(f"{grid.source or grid.name}: the grid has no cell to run")
+    started = time.perf_counter()
+    with file_lock(results / RUN_LOCK, blocking=False) as acquired:
+        if not acquired:
+            raise PeftshieldError(
+                f"another 'peftshield bench run' is using {results}; wait for it or use another --results"
+            )
+        store = ArtifactStore(results)
+        store.clean_partials()
+        (results / CELLS_DIR).mkdir(exist_ok=True)
+        write_json(results / CONFIG_FILE, {"source": grid.source, "grid": grid.raw})
+        statuses = cell_status(cells, results)
+        done = {s.cell.id for s in statuses if s.state == "done"}
+        todo = [s.cell for s in statuses if s.state != "done"]
+        retried = sum(s.state == "failed" for s in statuses)
+        built = {
+            key
+            for stages in unique_stages(cells).values()
+            for key, st in stages.items()
+            if store.is_built(st)
+        }
+        costs = plan_costs(cells, built, done)
+        header = (
+            f"grid {grid.name}: {len(cells)} cells, {len(done)} done, {len(todo)} to run"
+            + (f" ({retried} failed before, retried)" if retried else "")
+            + f"; rough estimate {sum(costs.values()) / 60:.1f} min; jobs {jobs}; results {results}"
+        )
+        print(header, flush=True)
+        _run_log(results, header)
+        summary = RunSummary(rows=[], skipped=len(done))
+        bar = _Progress(costs, len(cells), len(done), progress)
+        index = {c.id: i for i, c in enumerate(cells, start=1)}
+        rows_by_id = {s.cell.id: s.row for s in statuses if s.row is not None}
+        last_write = [0.0]
+
+        def finished(cell: Cell, row: dict[str, Any]) -> None:
+            summary.ran += 1
+            if "error" in row:
+                summary.failed += 1
+                summary.failures.append(cell.id)
+            rows_by_id[cell.id] = row
+            line = f"[{index[cell.id]}/{len(cells)}] {cell_line(row)}"
+            bar.finished(cell.id, line)
+            _run_log(results, line)
+            if time.monotonic() - last_write[0] > GRID_WRITE_SECONDS:  # the cell files are the truth
+                write_grid_file(results, grid, cells, command, rows_by_id)
+                last_write[0] = time.monotonic()
+
+        try:
+            if jobs == 1:
+                from peftshield.grid.stages import execute_cell, reset_memos
+
+                reset_memos()
+                for cell in todo:
+                    finished(cell, execute_cell(cell, results, device))
+            else:
+                _run_parallel(todo, results, device, jobs, finished)
+        finally:
+            bar.close()
+            summary.rows = write_grid_file(results, grid, cells, command, rows_by_id)
+            summary.seconds = time.perf_counter() - started
+    footer = (
+        f"ran {summary.ran} cell(s) in {summary.seconds:.0f} s "
+        f"({summary.failed} failed, {summary.skipped} already done); "
+        f"results: {results / GRID_FILE}"
+    )
+    print(footer, flush=True)
+    _run_log(results, footer)
+    return summary
+
+
+def _run_parallel(todo: list[Cell], results: Path, device: str, jobs: int, finished) -> None:
+    """Run ``todo`` on ``jobs`` spawned worker processes; report each row as it arrives."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from peftshield.grid.stages import execute_cell
+    from peftshield.utils.io import write_json
+
+    context = multiprocessing.get_context("spawn")  # fork after torch is imported is unsafe
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(worker_threads(jobs),)
+    )
+    try:
+        pending = {pool.submit(execute_cell, cell, str(results), device): cell for cell in todo}
+        while pending:
+            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in ready:
+                cell = pending.pop(future)
+                try:
+                    row = future.result()
+                except BrokenProcessPool as err:  # a worker died (out of memory, killed)
+                    row = {
+                        "cell": cell.id,
+                        **cell.labels(),
+                        "error": f"worker process died: {err}",
+                        "seconds": 0.0,
+                    }
+                    write_json(cell_file(results, cell.id), row)
+                finished(cell, row)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def comparable(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without its timing and provenance fields: equal for two runs of the same cell."""
+    return {k: v for k, v in row.items() if k not in VOLATILE_KEYS}

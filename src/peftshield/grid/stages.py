@@ -1,0 +1,380 @@
+"""The stage chain of one grid cell: poison -> victim tune -> scan -> defence fit -> evaluate.
+
+Each builder writes one artifact folder (the payload of an :class:`~.cache.ArtifactStore` entry)
+with the library's own entry points and returns what it measured:
+
+- poison: :func:`peftshield.attacks.task_specific.poison_task_specific` (full fine-tuning on a
+  poisoned labelled corpus, PSIM's threat model) or
+  :func:`peftshield.attacks.task_agnostic.poison_task_agnostic` (POR / NeuBA on unlabelled text,
+  LMSanitator's threat model);
+- victim: :func:`peftshield.tuning.trainer.tune` + :func:`~peftshield.tuning.trainer.save_tuned`;
+- scan: :func:`peftshield.defenses.lmsanitator.scan.scan` (PV mining and filtering);
+- defence: the defence's adapter (:mod:`peftshield.grid.defenses`).
+
+:func:`execute_cell` runs the chain of a cell (building or reusing each artifact), then
+:func:`peftshield.grid.evaluate.evaluate_cell`, and writes the cell's result file. Every artifact
+is read back from disk before it is used, whether it was built just now or long ago, so a resumed
+run computes exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from peftshield.grid.cache import CELLS_DIR, ArtifactStore, Stage
+from peftshield.grid.plan import PAYLOADS, Cell
+
+_SPLITS: dict[str, Any] = {}
+#: Artifacts whose build failed in this process: later cells needing them fail at once, not after
+#: building them again (a new run retries them).
+_FAILED: dict[str, str] = {}
+
+
+def reset_memos() -> None:
+    """Forget the data and failures remembered by this process (each run starts afresh)."""
+    _SPLITS.clear()
+    _FAILED.clear()
+
+
+def load_split(corpus: dict[str, Any], split_seed: int, max_train: int | None, max_eval: int | None) -> Any:
+    """The deterministic splits of a corpus (memoised per process: cells share their data)."""
+    from peftshield.commands.common import load_splits
+
+    settings = {**corpus, "split_seed": split_seed, "max_train": max_train, "max_eval": max_eval}
+    key = json.dumps(settings, sort_keys=True)
+    if key not in _SPLITS:
+        _SPLITS[key] = load_splits(settings)
+    return _SPLITS[key]
+
+
+def _texts(source: str, text_column: str) -> list[str]:
+    from peftshield.data.corpora import load_corpus
+
+    return [e.text for e in load_corpus(source, text_column=text_column, label_column=None)]
+
+
+# ------------------------------------------------------------------------------------- builders
+
+
+def build_poison(stage: Stage, device: Any, out: Path) -> dict[str, Any]:
+    """Poison the stage's backbone with its recipe into ``out``; return the attacker's figures."""
+    from peftshield.attacks.config import attack_config_from_dict
+
+    config = attack_config_from_dict(stage.spec["recipe"])
+    seed = int(stage.spec["seed"])
+    corpus = stage.args["corpus"]
+    label = stage.args["corpus_label"]
+    if config.kind == "task-agnostic":
+        from peftshield.attacks.task_agnostic import poison_task_agnostic
+
+        texts = _texts(corpus["corpus"], corpus["text_column"])
+        result = poison_task_agnostic(
+            stage.args["backbone"], texts, config, seed=seed, device=device, progress=False, corpus_name=label
+        )
+    else:
+        from peftshield.attacks.task_specific import poison_task_specific
+
+        data = stage.spec["data"]
+        splits = load_split(corpus, data["split_seed"], data["max_train"], data["max_eval"])
+        settings = {**corpus, **data}
+        result = poison_task_specific(
+            stage.args["backbone"],
+            splits,
+            config,
+            seed=seed,
+            device=device,
+            progress=False,
+            corpus=label,
+            data=settings,
+        )
+    result.save(out)
+    record = result.record
+    return {
+        "attack": record.attack,
+        "kind": record.kind,
+        "target": record.target,
+        "triggers": [t.describe() for t in record.trigger_objects()],
+        "poison_seconds": round(record.wall_seconds, 3),
+        "attacker_metrics": {k: v for k, v in record.metrics.items() if k != "history"},
+    }
+
+
+def build_victim(stage: Stage, backbone: str, device: Any, out: Path) -> dict[str, Any]:
+    """Tune the victim on the (poisoned) ``backbone`` into ``out``; return its training figures."""
+    from peftshield.tuning.config import config_from_dict
+    from peftshield.tuning.trainer import save_tuned, tune
+
+    config = config_from_dict(stage.spec["method"])
+    data, seed, head = stage.spec["data"], int(stage.spec["seed"]), stage.spec["head"]
+    corpus = stage.args["corpus"]
+    splits = load_split(corpus, data["split_seed"], data["max_train"], data["max_eval"])
+    result = tune(
+        backbone, splits.train, splits.dev, config, seed=seed, device=device, head=head, progress=False
+    )
+    settings = {
+        **corpus,
+        "split_seed": data["split_seed"],
+        "max_train": data["max_train"],
+        "max_eval": data["max_eval"],
+    }
+    save_tuned(result, out, extra={"data": settings, "seed": seed, "head": head})
+    return {
+        "dev_accuracy": result.best_dev_accuracy,
+        "tune_seconds": round(result.train_seconds, 3),
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+        "n_train": len(splits.train),
+        "head": head,
+    }
+
+
+def build_scan(stage: Stage, backbone: str, device: Any, out: Path) -> dict[str, Any]:
+    """Scan the (poisoned) ``backbone`` for PVs (LMSanitator) into ``out``; return the verdict."""
+    from peftshield.defenses.lmsanitator.filtering import FilterThresholds
+    from peftshield.defenses.lmsanitator.mining import MiningConfig
+    from peftshield.defenses.lmsanitator.scan import scan
+
+    spec = stage.spec
+    result = scan(
+        backbone,
+        _texts(stage.args["texts"], stage.args["text_column"]),
+        config=MiningConfig.from_dict(spec["mining"]),
+        thresholds=FilterThresholds.from_dict(spec["thresholds"]),
+        attempts=spec["attempts"],
+        max_total_steps=spec["max_total_steps"],
+        stop_at_first=spec["stop_at_first"],
+        device=device,
+        seed=int(spec["seed"]),
+        progress=False,
+    )
+    result.texts = str(stage.args["texts"])
+    result.save(out)
+    return {
+        "verdict": result.verdict,
+        "n_pvs": result.n_pvs,
+        "steps": result.steps,
+        "attempts": len(result.attempts),
+        "scan_seconds": round(result.seconds, 3),
+    }
+
+
+INACTIVE_FILE = "inactive.json"
+
+
+def build_defense(adapter: Any, params: dict[str, Any], inputs: Any, out: Path) -> dict[str, Any]:
+    """Fit a defence with its adapter and save it into ``out`` (or record why it is inactive)."""
+    from peftshield.utils.io import write_json
+
+    detector, info = adapter.fit(inputs, params)
+    if detector is None:
+        out.mkdir(parents=True)
+        write_json(out / INACTIVE_FILE, info)
+    else:
+        detector.save(out)
+    return info
+
+
+# ------------------------------------------------------------------------------------- one cell
+
+
+def cell_file(results: Path, cell_id: str) -> Path:
+    """Where a cell's result is written."""
+    return results / CELLS_DIR / f"{cell_id}.json"
+
+
+def _stage_entry(
+    stage: Stage, record: dict[str, Any], built: bool, folder: Path, results: Path
+) -> dict[str, Any]:
+    return {
+        "key": stage.key,
+        "built_now": built,
+        "seconds": record.get("seconds"),
+        "folder": str(folder.relative_to(results)),
+        **record.get("info", {}),
+    }
+
+
+def _run_chain(cell: Cell, store: ArtifactStore, device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build or reuse every stage of ``cell``; return ``(paths by kind, stage entries by kind)``."""
+    from peftshield.grid.defenses import FitInputs, get_adapter
+
+    results = store.results
+    paths: dict[str, Any] = {"backbone": cell.backbone.ref, "victim": None, "scan": None, "defense": None}
+    entries: dict[str, Any] = {}
+
+    def run(stage: Stage, build) -> Path:
+        if stage.key in _FAILED:
+            raise RuntimeError(f"{stage.describe()} failed earlier in this run: {_FAILED[stage.key]}")
+        try:
+            payload, record, built = store.get_or_build(
+                stage, build, payload=PAYLOADS[stage.kind], cell=cell.id
+            )
+        except Exception as err:
+            _FAILED[stage.key] = f"{type(err).__name__}: {err}"
+            raise
+        entries[stage.kind] = _stage_entry(stage, record, built, payload.parent, results)
+        return payload
+
+    if cell.poison is not None:
+        stage = cell.poison
+        paths["backbone"] = str(run(stage, lambda out: build_poison(stage, device, out)))
+    backbone = paths["backbone"]
+    if cell.victim is not None:
+        stage_v = cell.victim
+        paths["victim"] = str(run(stage_v, lambda out: build_victim(stage_v, backbone, device, out)))
+    if cell.scan is not None:
+        stage_s = cell.scan
+        paths["scan"] = str(run(stage_s, lambda out: build_scan(stage_s, backbone, device, out)))
+    if cell.defense_stage is not None:
+        stage_d = cell.defense_stage
+        adapter = get_adapter(cell.defense.name)
+        sizes = cell.sizes
+        corpus = stage_d.args["corpus"]
+
+        def fit(out: Path) -> dict[str, Any]:
+            train = load_split(
+                corpus, sizes["split_seed"], sizes["defense_max_train"], sizes["max_eval"]
+            ).train
+            heldout = load_split(corpus, sizes["split_seed"], sizes["max_train"], sizes["max_eval"]).dev
+            inputs = FitInputs(
+                backbone=backbone,
+                victim=paths["victim"],
+                scan=paths["scan"],
+                clean_train=list(train),
+                clean_heldout=[e.text for e in heldout],
+                seed=cell.seed,
+                device=str(device),
+            )
+            return build_defense(adapter, cell.defense.params, inputs, out)
+
+        paths["defense"] = str(run(stage_d, fit))
+    return paths, entries
+
+
+def _load_defense(cell: Cell, folder: str, backbone: str, victim: Any, device: Any) -> Any:
+    from peftshield.grid.defenses import LoadInputs, get_adapter, threshold_label
+    from peftshield.grid.evaluate import LoadedDefense
+    from peftshield.utils.io import read_json
+
+    adapter = get_adapter(cell.defense.name)
+    label = threshold_label(cell.defense.params)
+    inactive = Path(folder) / INACTIVE_FILE
+    if inactive.is_file():
+        reason = read_json(inactive).get("inactive", "inactive")
+        return LoadedDefense(cell.defense.name, adapter, None, label, inactive=reason)
+    detector = adapter.load(Path(folder), LoadInputs(backbone=backbone, victim=victim, device=str(device)))
+    return LoadedDefense(cell.defense.name, adapter, detector, label)
+
+
+def _summary_fields(entries: dict[str, Any]) -> dict[str, Any]:
+    """Per-stage figures the report reads at the top level of a row."""
+    out: dict[str, Any] = {}
+    poison, victim, scan, defense = (entries.get(k, {}) for k in ("poison", "victim", "scan", "defense"))
+    if poison:
+        out["poison_seconds"] = poison.get("seconds")
+        metrics = poison.get("attacker_metrics", {})
+        out["attacker_cacc"], out["attacker_asr"] = metrics.get("cacc"), metrics.get("asr")
+    if victim:
+        out["dev_accuracy"] = victim.get("dev_accuracy")
+        out["tune_seconds"] = victim.get("seconds")
+        out["trainable_params"] = victim.get("trainable_params")
+    if scan:
+        out["scan_verdict"], out["n_pvs"] = scan.get("verdict"), scan.get("n_pvs")
+        out["scan_seconds"] = scan.get("seconds")
+    if defense:
+        out["fit_seconds"] = defense.get("seconds")
+    return out
+
+
+def cell_config(cell: Cell) -> dict[str, Any]:
+    """Everything that configured the cell (the report prints it beside the figures)."""
+    config: dict[str, Any] = {
+        "corpus": cell.corpus.ref,
+        "backbone": cell.backbone.ref,
+        "attack": {
+            "name": cell.attack.name,
+            "recipe": cell.attack.recipe,
+            "corpus": cell.attack.corpus.ref if cell.attack.corpus else None,
+        },
+        "method": {
+            "name": cell.method.name,
+            "config": cell.method.config,
+            "head": cell.victim.spec["head"] if cell.victim else None,
+        },
+        "defense": {"name": cell.defense.name, "params": cell.defense.params},
+        "sizes": cell.sizes,
+    }
+    if cell.scan is not None:
+        config["scan"] = cell.scan.spec
+    return config
+
+
+def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> dict[str, Any]:
+    """Run ``cell`` (stages, then evaluation), write ``cells/<id>.json`` atomically and return the row.
+
+    Any exception becomes a row with ``error`` and ``traceback`` (DESIGN.md: a failed cell is a
+    row, not a missing one); the next run retries it. ``KeyboardInterrupt`` propagates.
+    """
+    from peftshield.attacks.record import read_poison_record
+    from peftshield.grid.evaluate import evaluate_cell, trigger_set_from_dict, trigger_set_from_record
+    from peftshield.tuning.trainer import load_tuned
+    from peftshield.utils.device import resolve_device
+    from peftshield.utils.io import write_json
+    from peftshield.utils.runinfo import run_metadata
+
+    results = Path(results)
+    store = ArtifactStore(results)
+    started = time.perf_counter()
+    store.log.write("cell-start", cell=cell.id)
+    head: dict[str, Any] = {
+        "cell": cell.id,
+        **cell.labels(),
+        "kind": cell.attack.kind,
+        "threshold": None,
+    }
+    try:
+        device = resolve_device(device_name)
+        paths, entries = _run_chain(cell, store, device)
+        victim = None
+        if paths["victim"] is not None:
+            victim = load_tuned(paths["victim"], device=device, backbone=paths["backbone"])
+        defense = None
+        if paths["defense"] is not None:
+            defense = _load_defense(cell, paths["defense"], paths["backbone"], victim, device)
+        if cell.poison is not None:
+            sets = [trigger_set_from_record(cell.attack.label, read_poison_record(paths["backbone"]))]
+        else:
+            sets = [trigger_set_from_dict(s) for s in cell.evaluation["trigger_sets"]]
+        sizes = cell.sizes
+        test = load_split(
+            cell.corpus.load_settings(), sizes["split_seed"], sizes["max_train"], sizes["max_eval"]
+        ).test
+        metrics = evaluate_cell(
+            victim, defense, list(test), sets, seed=cell.seed, control=cell.attack.name == "none"
+        )
+        row = {
+            **head,
+            **metrics,
+            **_summary_fields(entries),
+            "seconds": round(time.perf_counter() - started, 3),
+            "stages": entries,
+            "config": cell_config(cell),
+            "meta": run_metadata(),
+        }
+        store.log.write("cell-done", cell=cell.id, seconds=row["seconds"])
+    except Exception as err:  # a failed cell is recorded and the grid goes on
+        row = {
+            **head,
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc()[-4000:],
+            "seconds": round(time.perf_counter() - started, 3),
+            "config": cell_config(cell),
+            "meta": run_metadata(),
+        }
+        store.log.write("cell-failed", cell=cell.id, error=row["error"])
+    write_json(cell_file(results, cell.id), row)
+    return row
