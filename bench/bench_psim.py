@@ -60,7 +60,6 @@ per-step costs): a victim 1.5-2 min; its guarded evaluation ~10 s (task-specific
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -77,7 +76,6 @@ import bench_retention as retention  # noqa: E402
 from _results import ResultFile  # noqa: E402
 from bench_retention import Cell, Poisons, Setup, attack_kind  # noqa: E402
 
-from peftshield.attacks.config import ATTACKS  # noqa: E402
 from peftshield.attacks.record import has_poison_record  # noqa: E402
 from peftshield.data.records import Splits  # noqa: E402
 from peftshield.defenses.psim import PSIMDetector  # noqa: E402
@@ -741,44 +739,24 @@ class PsimSetup(Setup):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = retention.shared_parser(
+        __doc__,
+        DEFAULT_ATTACKS,
+        DEFAULT_METHODS,
+        result=RESULT,
+        max_train="victim / PSIM training examples",
+        work="backbones and modules",
+        smoke="~1-3 minutes",
     )
-    parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS))
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-train", type=int, default=1500, help="victim / PSIM training examples")
-    parser.add_argument("--max-eval", type=int, default=500, help="dev and test examples")
-    parser.add_argument(
-        "--poison-max-train", type=int, default=1500, help="attacker examples (task-specific)"
-    )
-    parser.add_argument(
-        "--poison-steps", type=int, default=None, help="por / neuba steps (default: library's)"
-    )
-    parser.add_argument("--poison-corpus", choices=("amazon", "tweets"), default="amazon")
     parser.add_argument(
         "--psim-method", default=PSIMDetector().method, help="PSIM module method (default: the detector's)"
     )
     parser.add_argument(
         "--psim-set", action="append", default=[], metavar="KEY=VALUE", help="PSIM recipe override"
     )
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--fresh", action="store_true", help="discard earlier result rows (not bench/work)")
-    parser.add_argument("--results", type=Path, default=None, help=f"result file (default {RESULT})")
-    parser.add_argument("--work", type=Path, default=None, help=f"backbones and modules (default {WORK})")
-    parser.add_argument("--plan", action="store_true", help="print the cell order and a time estimate")
-    parser.add_argument("--report", action="store_true", help="print tables and summary of done cells only")
-    parser.add_argument("--smoke", action="store_true", help="tiny random BERT and toy data, ~1-3 minutes")
     args = parser.parse_args()
 
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for attack in attacks:
-        if attack not in ATTACKS:
-            raise SystemExit(f"unknown attack {attack!r}; choose from {', '.join(ATTACKS)}")
-    for method in methods:
-        if method not in METHODS:
-            raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    attacks, methods = retention.attacks_and_methods(args)
     if args.psim_method not in METHODS:
         raise SystemExit(f"unknown PSIM method {args.psim_method!r}; choose from {', '.join(METHODS)}")
     args.psim_config = psim_setting(args.psim_set)
@@ -793,13 +771,7 @@ def main() -> None:
         print_plan(cells, args, attacks, poisons, modules)
         return
 
-    import torch
-
-    from peftshield.utils.device import resolve_device
-
-    if args.smoke:
-        torch.set_num_threads(1)
-    args.device = resolve_device(args.device)
+    retention.use_device(args)
     setup = PsimSetup(args)
     try:  # bad recipe values stop the run before any work
         for attack in attacks:
@@ -807,11 +779,7 @@ def main() -> None:
         Modules(setup, None, None, None, WORK, args).detector("").check_params()  # type: ignore[arg-type]
     except PeftshieldError as err:
         raise SystemExit(f"error: {err}") from None
-    result_path = args.results or (setup.tmp / "psim.json" if args.smoke else RESULT)
-    work = args.work or (setup.tmp / "work" if args.smoke else WORK)
-    command = "python bench/bench_psim.py " + " ".join(sys.argv[1:])
-    results = ResultFile(result_path, "psim", command, fresh=args.fresh)
-    results.data["meta"]["smoke"] = args.smoke
+    result_path, work, results = retention.open_results(args, setup, "psim", "bench_psim.py", RESULT)
 
     if not args.report:
         started = time.perf_counter()
@@ -821,14 +789,7 @@ def main() -> None:
         print(f"{len(cells)} cells; results -> {result_path}; backbones and modules -> {work}", flush=True)
         for i, cell in enumerate(cells, 1):
             key = {
-                "cell": "victim",
-                "attack": cell.attack,
-                "method": cell.method,
-                "budget": cell.budget,
-                "head": cell.head,
-                "seed": args.seed,
-                **setup.data_caps(),
-                "poison": None if cell.attack == "control" else poisons.folder(cell.attack).name,
+                **retention.victim_key(cell, setup, poisons, args.seed),
                 "psim": modules.folder(cell.attack).name,
             }
             print(f"[{i}/{len(cells)}] {cell.label()}", flush=True)

@@ -60,6 +60,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -517,19 +518,33 @@ def print_plan(cells: list[Cell], args, attacks: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Command line (the options bench_psim.py shares)
 
 
-def main() -> None:
+def shared_parser(
+    description: str | None,
+    attacks: Sequence[str],
+    methods: Sequence[str],
+    *,
+    result: Path,
+    max_train: str,
+    work: str,
+    smoke: str,
+) -> argparse.ArgumentParser:
+    """The parser of the options this script and bench_psim.py share (same names, defaults, meaning).
+
+    ``description`` is the calling script's docstring; ``attacks`` and ``methods`` the defaults of
+    ``--attacks`` and ``--methods``; ``result`` the default result file; ``max_train``, ``work`` and
+    ``smoke`` say what ``--max-train``, ``--work`` and ``--smoke`` are in the calling script. The
+    script adds its own options to it.
+    """
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS))
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument(
-        "--budgets", default=DEFAULT_BUDGETS, help="extra full-FT budgets lr<LR>x<EPOCHS>, or none"
-    )
+    parser.add_argument("--attacks", default=",".join(attacks))
+    parser.add_argument("--methods", default=",".join(methods))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-train", type=int, default=1500, help="victim training examples (movies)")
+    parser.add_argument("--max-train", type=int, default=1500, help=max_train)
     parser.add_argument("--max-eval", type=int, default=500, help="dev and test examples")
     parser.add_argument(
         "--poison-max-train", type=int, default=1500, help="attacker examples (task-specific)"
@@ -540,29 +555,29 @@ def main() -> None:
     parser.add_argument("--poison-corpus", choices=("amazon", "tweets"), default="amazon")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--fresh", action="store_true", help="discard earlier result rows (not bench/work)")
-    parser.add_argument("--results", type=Path, default=None, help=f"result file (default {RESULT})")
-    parser.add_argument("--work", type=Path, default=None, help=f"poisoned backbones (default {WORK})")
+    parser.add_argument("--results", type=Path, default=None, help=f"result file (default {result})")
+    parser.add_argument("--work", type=Path, default=None, help=f"{work} (default {WORK})")
     parser.add_argument("--plan", action="store_true", help="print the cell order and a time estimate")
-    parser.add_argument("--report", action="store_true", help="print table and summary of done cells only")
-    parser.add_argument("--smoke", action="store_true", help="tiny random BERT and toy data, ~1 minute")
-    args = parser.parse_args()
+    parser.add_argument("--report", action="store_true", help="print tables and summary of done cells only")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny random BERT and toy data, {smoke}")
+    return parser
 
+
+def attacks_and_methods(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``--attacks`` and ``--methods`` as lists; an unknown name stops the script."""
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    budgets = [b.strip() for b in args.budgets.split(",") if b.strip() and b.strip().lower() != "none"]
     for attack in attacks:
         if attack not in ATTACKS:
             raise SystemExit(f"unknown attack {attack!r}; choose from {', '.join(ATTACKS)}")
     for method in methods:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    for budget in budgets:
-        parse_budget(budget)
-    cells = plan_cells(attacks, methods, budgets)
-    if args.plan:
-        print_plan(cells, args, attacks)
-        return
+    return attacks, methods
 
+
+def use_device(args: argparse.Namespace) -> None:
+    """Resolve ``--device`` in place; a smoke run keeps torch to one thread."""
     import torch
 
     from peftshield.utils.device import resolve_device
@@ -570,17 +585,67 @@ def main() -> None:
     if args.smoke:
         torch.set_num_threads(1)
     args.device = resolve_device(args.device)
+
+
+def open_results(
+    args: argparse.Namespace, setup: Setup, benchmark: str, script: str, default: Path
+) -> tuple[Path, Path, ResultFile]:
+    """The result file (``default``; a smoke run's in its temporary folder), the work folder and the
+    opened :class:`ResultFile` of ``benchmark``, which records how ``script`` was run."""
+    result_path = args.results or (setup.tmp / f"{benchmark}.json" if args.smoke else default)
+    work = args.work or (setup.tmp / "work" if args.smoke else WORK)
+    command = f"python bench/{script} " + " ".join(sys.argv[1:])
+    results = ResultFile(result_path, benchmark, command, fresh=args.fresh)
+    results.data["meta"]["smoke"] = args.smoke
+    return result_path, work, results
+
+
+def victim_key(cell: Cell, setup: Setup, poisons: Poisons, seed: int) -> dict[str, Any]:
+    """The result-file key of ``cell``'s victim row (bench_psim.py adds its PSIM module's folder)."""
+    return {
+        "cell": "victim",
+        "attack": cell.attack,
+        "method": cell.method,
+        "budget": cell.budget,
+        "head": cell.head,
+        "seed": seed,
+        **setup.data_caps(),
+        "poison": None if cell.attack == "control" else poisons.folder(cell.attack).name,
+    }
+
+
+def main() -> None:
+    parser = shared_parser(
+        __doc__,
+        DEFAULT_ATTACKS,
+        METHODS,
+        result=RESULT,
+        max_train="victim training examples (movies)",
+        work="poisoned backbones",
+        smoke="~1 minute",
+    )
+    parser.add_argument(
+        "--budgets", default=DEFAULT_BUDGETS, help="extra full-FT budgets lr<LR>x<EPOCHS>, or none"
+    )
+    args = parser.parse_args()
+
+    attacks, methods = attacks_and_methods(args)
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip() and b.strip().lower() != "none"]
+    for budget in budgets:
+        parse_budget(budget)
+    cells = plan_cells(attacks, methods, budgets)
+    if args.plan:
+        print_plan(cells, args, attacks)
+        return
+
+    use_device(args)
     setup = Setup(args)
     for attack in attacks:  # bad recipe values (e.g. --poison-steps 0) stop the run before any work
         try:
             setup.attack_config(attack)
         except PeftshieldError as err:
             raise SystemExit(f"error: {err}") from None
-    result_path = args.results or (setup.tmp / "retention.json" if args.smoke else RESULT)
-    work = args.work or (setup.tmp / "work" if args.smoke else WORK)
-    command = "python bench/bench_retention.py " + " ".join(sys.argv[1:])
-    results = ResultFile(result_path, "retention", command, fresh=args.fresh)
-    results.data["meta"]["smoke"] = args.smoke
+    result_path, work, results = open_results(args, setup, "retention", "bench_retention.py", RESULT)
     # The control victims are measured with the triggers of every attack (the default four and any chosen).
     trigger_attacks = list(dict.fromkeys([*DEFAULT_ATTACKS, *attacks]))
 
@@ -590,16 +655,7 @@ def main() -> None:
         poisons = Poisons(setup, results, work, args.seed, args.device)
         print(f"{len(cells)} cells; results -> {result_path}; poisoned backbones -> {work}", flush=True)
         for i, cell in enumerate(cells, 1):
-            key = {
-                "cell": "victim",
-                "attack": cell.attack,
-                "method": cell.method,
-                "budget": cell.budget,
-                "head": cell.head,
-                "seed": args.seed,
-                **setup.data_caps(),
-                "poison": None if cell.attack == "control" else poisons.folder(cell.attack).name,
-            }
+            key = victim_key(cell, setup, poisons, args.seed)
             print(f"[{i}/{len(cells)}] {cell.label()}", flush=True)
             row = results.run_cell(
                 key, lambda c=cell: victim_cell(c, setup, poisons, splits, trigger_attacks, args)

@@ -237,6 +237,10 @@ def test_the_default_grid_exercises_every_stage_within_the_time_budget():
         ),
         (lambda g: g.update(methods=["none"], defenses=["none"]), "nothing to measure"),
         (lambda g: g["defenses"][1].update(label="psim/a"), "defenses[1] (psim): 'label' must be letters"),
+        (
+            lambda g: g["defenses"].append({"name": "rap", "rap_word": "cf"}),
+            "defenses[2] (rap): against attacks[1] (badnets): rap_word 'cf' is one of the attack's triggers",
+        ),
     ],
 )
 def test_bad_grids_fail_before_any_cell_naming_the_entry(
@@ -251,6 +255,20 @@ def test_bad_grids_fail_before_any_cell_naming_the_entry(
     assert err.count("\n") == 0 and err.startswith("peftshield: error: grid.json: ")
     assert expected in err
     assert not (results / "cells").exists()
+
+
+def test_rap_entries_carry_their_word_and_refuse_any_trigger_of_the_grid(tmp_path, tiny_bert, toy_csv):
+    from peftshield.defenses.rap import DEFAULT_RAP_WORD
+    from peftshield.errors import PeftshieldError
+
+    grid = small_grid(tiny_bert, toy_csv, defenses=["none", "rap"])
+    (rap,) = [d for d in load_grid(write_grid(tmp_path, grid)).defenses if d.name == "rap"]
+    assert rap.params["rap_word"] == DEFAULT_RAP_WORD  # resolved, so it is part of the cache key
+    grid["attacks"][1]["recipe"]["triggers"] = [DEFAULT_RAP_WORD.upper()]  # uncased: the same token
+    with pytest.raises(PeftshieldError, match="rap_word 'jj' is one of the attack's triggers"):
+        load_grid(write_grid(tmp_path, grid))
+    grid["defenses"][1] = {"name": "rap", "rap_word": "mn"}
+    assert load_grid(write_grid(tmp_path, grid)).defenses[1].params["rap_word"] == "mn"
 
 
 def test_unwritable_results_folder_fails_before_any_cell(tmp_path, tiny_bert, toy_csv, capsys):

@@ -34,6 +34,7 @@ from peftshield.data.triggers import (
     Trigger,
 )
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_positive
 
 _POSITIONS = ("random", "start", "end")
 _SCHEDULES = ("constant", "linear")
@@ -81,9 +82,7 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "max_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise PeftshieldError(f"{self.attack} config: {name} must be positive, got {value!r}")
+            require_positive(f"{self.attack} config", name, getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the attack name and kind first."""
@@ -141,8 +140,7 @@ class TaskSpecificConfig(AttackConfig):
             or self.max_poisoned < 1
         ):
             raise PeftshieldError(f"{what}: max_poisoned must be a positive integer or null")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise PeftshieldError(f"{what}: epochs must be a positive integer, got {self.epochs!r}")
+        require_positive(what, "epochs", self.epochs, integer=True)
         if self.head_lr is not None and not self.head_lr > 0:
             raise PeftshieldError(f"{what}: head_lr must be positive or null, got {self.head_lr!r}")
         if not 0 <= self.warmup_ratio < 1:
@@ -352,12 +350,9 @@ class TaskAgnosticConfig(AttackConfig):
             raise PeftshieldError(f"{what}: position must be one of {', '.join(_POSITIONS)}")
         if self.pv_family not in PV_FAMILIES:
             raise PeftshieldError(f"{what}: pv_family must be one of {', '.join(PV_FAMILIES)}")
-        if not self.pv_scale > 0:
-            raise PeftshieldError(f"{what}: pv_scale must be positive")
+        require_positive(what, "pv_scale", self.pv_scale)
         for name in ("steps", "min_words", "probe_size", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PeftshieldError(f"{what}: {name} must be a positive integer, got {value!r}")
+            require_positive(what, name, getattr(self, name), integer=True)
         if self.max_texts is not None and (not isinstance(self.max_texts, int) or self.max_texts < 2):
             raise PeftshieldError(f"{what}: max_texts must be an integer >= 2 or null")
         if self.clean_weight is not None and not self.clean_weight >= 0:

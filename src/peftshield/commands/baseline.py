@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftshield.commands.common import add_runtime_args, parse_overrides, print_json
+from peftshield.commands.common import (
+    add_actions,
+    add_clean_args,
+    add_command,
+    add_output_args,
+    add_runtime_args,
+    add_threshold_args,
+    clean_texts,
+    parse_overrides,
+    print_json,
+)
 from peftshield.errors import PeftshieldError
 
 
@@ -59,36 +69,38 @@ EPILOG = """defences:
 examples:
   peftshield baseline fit --defense strip --victim runs/victim --out runs/strip
   peftshield baseline fit --defense rap --victim runs/victim --target 0 --target-frr 0.01 --out runs/rap
-  peftshield baseline fit --defense rap --victim runs/victim --set rap_word=mn --set epochs=10 --out runs/rap
+  peftshield baseline fit --defense rap --victim runs/victim --set epochs=10 --out runs/rap
   peftshield guard evaluate --victim runs/victim --detector runs/strip --poisoned runs/bad
 
 Clean texts (--clean, default: the dev split recorded in the victim's run.json, at most
 --max-clean) fit the defence; a held-out part (--set calibration_fraction=..., default 0.2) sets
 the threshold at --target-frr (default 0.05), or reports what a fixed --threshold costs. --set
 KEY=VALUE reaches any constructor parameter of the defence (see its docstring, e.g.
-'python -c "import peftshield.defenses.rap as m; help(m)"'). RAP's default word is "cf", also the
-default BadNets trigger: against a "cf" backdoor choose another (--set rap_word=mn); fit warns
-when the word itself flips the victim. The folder holds detector.json (and the defence's weights)
-and refers to the victim by path; it is written atomically.
+'python -c "import peftshield.defenses.rap as m; help(m)"'). RAP's default word is "jj", a rare
+word that is none of the default attack triggers (the references' "cf" is our default BadNets
+trigger and a POR one, "mn" the clean-label one): if the victim's backdoor uses "jj", or its
+vocabulary splits it, choose another (--set rap_word=...); fit warns when the word itself flips
+the victim. The folder holds detector.json (and the defence's weights) and refers to the victim
+by path; it is written atomically.
 """
 
 
 def add_parser(subparsers) -> None:
     """Register ``baseline`` and its sub-command ``fit``."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "baseline",
         help="fit a baseline input detector (STRIP, RAP) for a victim",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="baseline_command", metavar="SUBCOMMAND")
+    sub = add_actions(parser, "baseline_command")
     defences = "\n".join(f"  {name:<8}{spec.help}" for name, spec in BASELINES.items())
-    fit = sub.add_parser(
+    fit = add_command(
+        sub,
         "fit",
         help="fit a baseline defence on clean texts and save a detector folder",
         description=__doc__,
         epilog=EPILOG.format(defences=defences),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fit.add_argument("--defense", required=True, choices=sorted(BASELINES), help="which baseline")
     fit.add_argument(
@@ -96,39 +108,21 @@ def add_parser(subparsers) -> None:
         default=None,
         help="victim folder ('peftshield tune --out'): the classifier protected; names the --clean dev split",
     )
-    policy = fit.add_mutually_exclusive_group()
-    policy.add_argument("--threshold", type=float, default=None, help="fixed threshold on the score scale")
-    policy.add_argument(
-        "--target-frr",
-        type=float,
-        default=None,
-        help="calibrate the threshold at this false-rejection rate on held-out clean texts (default: 0.05)",
+    add_threshold_args(
+        fit,
+        fixed_help="fixed threshold on the score scale",
+        frr_help="calibrate the threshold at this false-rejection rate on held-out clean texts "
+        "(default: 0.05)",
     )
     fit.add_argument(
         "--target", type=int, default=None, help="the protected (attacker's target) label, where used (RAP)"
     )
-    fit.add_argument(
-        "--clean",
-        default="dev",
-        help="clean texts: 'dev' (the victim's recorded dev split), a corpus name or a file (default: dev)",
-    )
-    fit.add_argument(
-        "--max-clean", type=int, default=500, help="use at most this many clean texts (default: 500)"
-    )
+    add_clean_args(fit)
     fit.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default: 128)")
-    fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other parameter of the defence")
-    fit.add_argument("--config", metavar="FILE.json", help="parameters as a JSON object")
-    fit.add_argument("--out", required=True, help="detector folder to write (atomically)")
-    fit.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_output_args(fit, "parameter of the defence", out="detector folder to write (atomically)")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     add_runtime_args(fit)
     fit.set_defaults(func=run_fit)
-    parser.set_defaults(func=lambda args: _usage(parser))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def detector_params(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -167,34 +161,6 @@ def detector_params(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return params
 
 
-def clean_texts(args: argparse.Namespace) -> list[str]:
-    """The clean texts: the victim's recorded dev split, or a corpus / file, capped at --max-clean."""
-    from peftshield.commands.common import load_splits
-    from peftshield.data.corpora import load_corpus
-    from peftshield.tuning.trainer import RUN_FILE
-    from peftshield.utils.io import read_json
-
-    if args.max_clean < 1:
-        raise PeftshieldError("--max-clean must be at least 1")
-    if args.clean == "dev":
-        if args.victim is None:
-            raise PeftshieldError(
-                "--clean dev needs --victim (its run.json names the split); or give a corpus"
-            )
-        run_file = Path(args.victim) / RUN_FILE
-        if not run_file.is_file():
-            raise PeftshieldError(f"{args.victim} is not a tuned model folder (no {RUN_FILE})")
-        data = read_json(run_file).get("data")
-        if not isinstance(data, dict):
-            raise PeftshieldError(f"{run_file} records no data split; give --clean CORPUS|FILE")
-        texts = [e.text for e in load_splits(data).dev]
-    else:
-        texts = [e.text for e in load_corpus(args.clean, label_column=None)]
-    if not texts:
-        raise PeftshieldError(f"no clean texts in {args.clean}")
-    return texts[: args.max_clean]
-
-
 def run_fit(args: argparse.Namespace) -> int:
     """Fit the chosen baseline on clean texts and save its detector folder."""
     from peftshield.commands.guard import one_line_warnings
@@ -208,7 +174,7 @@ def run_fit(args: argparse.Namespace) -> int:
     detector = cls(**params)
     detector.check_params()  # every option error before any data or model is loaded
     check_output_dir(args.out, overwrite=args.overwrite)  # fail now, not after the work
-    texts = clean_texts(args)
+    texts = clean_texts(args.clean, args.victim, args.max_clean)
     with one_line_warnings():
         detector.fit(texts, progress=False if args.quiet else None)
     detector.save(args.out, overwrite=args.overwrite)

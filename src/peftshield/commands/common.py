@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from peftshield.data.records import Splits
@@ -52,6 +54,88 @@ def add_data_args(parser: argparse.ArgumentParser, recorded: bool = False) -> No
     group.add_argument("--max-eval", type=int, default=None, help="cap the dev and test splits (stratified)")
 
 
+def add_command(
+    subparsers: Any, name: str, *, help: str, description: str | None, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """Register sub-command ``name``; its description and epilog keep their line breaks."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_actions(
+    parser: argparse.ArgumentParser, dest: str, metavar: str = "SUBCOMMAND", *, stderr: bool = False
+) -> Any:
+    """The sub-commands of ``parser`` (``fit``, ``predict`` ...); without one, print its help and exit 2.
+
+    The help goes to standard output, or to standard error with ``stderr``.
+    """
+    actions = parser.add_subparsers(dest=dest, metavar=metavar)
+    parser.set_defaults(func=lambda args: _help_and_fail(parser, stderr))
+    return actions
+
+
+def _help_and_fail(parser: argparse.ArgumentParser, stderr: bool) -> int:
+    parser.print_help(sys.stderr if stderr else None)
+    return 2
+
+
+def add_threshold_args(
+    parser: argparse.ArgumentParser, *, fixed_help: str, frr_help: str, fixed: str = "--threshold"
+) -> None:
+    """The threshold policy: a fixed threshold (``fixed``) or ``--target-frr``, not both (DESIGN.md)."""
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument(fixed, type=float, default=None, help=fixed_help)
+    policy.add_argument("--target-frr", type=float, default=None, help=frr_help)
+
+
+def add_clean_args(parser: argparse.ArgumentParser) -> None:
+    """``--clean`` and ``--max-clean``: the defender's clean texts, read by :func:`clean_texts`."""
+    parser.add_argument(
+        "--clean",
+        default="dev",
+        help="clean texts: 'dev' (the victim's recorded dev split), a corpus name or a file (default: dev)",
+    )
+    parser.add_argument(
+        "--max-clean", type=int, default=500, help="use at most this many clean texts (default: 500)"
+    )
+
+
+def clean_texts(source: str, victim: str | None, max_clean: int, *, allow_empty: bool = False) -> list[str]:
+    """The first ``max_clean`` clean texts of ``source``: ``dev`` (the split the victim's ``run.json``
+    records as its dev split), a corpus name or a file (``--clean``); none is an error unless
+    ``allow_empty``.
+    """
+    from peftshield.data.corpora import load_corpus
+    from peftshield.tuning.trainer import RUN_FILE
+    from peftshield.utils.io import read_json
+
+    if max_clean < 1:
+        raise PeftshieldError("--max-clean must be at least 1")
+    if source == "dev":
+        if victim is None:
+            raise PeftshieldError(
+                "--clean dev needs --victim (its run.json names the split); or give a corpus"
+            )
+        run_file = Path(victim) / RUN_FILE
+        if not run_file.is_file():
+            raise PeftshieldError(f"{victim} is not a tuned model folder (no {RUN_FILE})")
+        run = read_json(run_file)
+        data = run.get("data") if isinstance(run, dict) else None
+        if not isinstance(data, dict):
+            raise PeftshieldError(f"{run_file} records no data split; give --clean CORPUS|FILE")
+        texts = [e.text for e in load_splits(data).dev]
+    else:
+        texts = [e.text for e in load_corpus(source, label_column=None)]
+    if not texts and not allow_empty:
+        raise PeftshieldError(f"no clean texts in {source}")
+    return texts[:max_clean]
+
+
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """``--backbone`` and ``--pooling`` (the output representation, DESIGN.md)."""
     parser.add_argument(
@@ -67,9 +151,11 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_output_args(parser: argparse.ArgumentParser, what: str = "value") -> None:
-    """``--out``, ``--overwrite``, ``--set KEY=VALUE`` and ``--config FILE.json``."""
-    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+def add_output_args(
+    parser: argparse.ArgumentParser, what: str = "value", out: str = "output folder (written atomically)"
+) -> None:
+    """``--out`` (help: ``out``), ``--overwrite``, ``--set KEY=VALUE`` and ``--config FILE.json``."""
+    parser.add_argument("--out", required=True, help=out)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a {what}")
     parser.add_argument("--config", metavar="FILE.json", help=f"{what} overrides as a JSON object")

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from peftshield.commands.common import print_json
+from peftshield.commands.common import (
+    add_actions,
+    add_clean_args,
+    add_command,
+    add_threshold_args,
+    clean_texts,
+    print_json,
+)
 
 EPILOG = """how it works (Wei et al., NDSS 2024, stage 3):
   The victim's pooled output vector is binarised by sign and compared with each PV found by
@@ -38,54 +45,43 @@ row per input and a summary.
 
 def add_parser(subparsers) -> None:
     """Register ``monitor`` with its ``fit`` and ``predict`` sub-commands."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "monitor",
         help="flag inputs whose output matches a mined PV; purge them (LMSanitator)",
         description=__doc__,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="monitor_command", metavar="ACTION")
+    sub = add_actions(parser, "monitor_command", "ACTION", stderr=True)
 
-    fit = sub.add_parser(
+    fit = add_command(
+        sub,
         "fit",
         help="build a monitor for a victim from a scan's PVs",
         description="Build an LMSanitator output monitor for a tuned victim from the PVs of a scan.",
         epilog=FIT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fit.add_argument("--victim", required=True, help="tuned model folder (peftshield tune --out)")
     fit.add_argument("--pvs", required=True, help="scan folder (peftshield scan --out) or a PV file")
     fit.add_argument("--out", required=True, help="monitor folder to write (atomically)")
-    policy = fit.add_mutually_exclusive_group()
-    policy.add_argument(
-        "--t-match", type=float, default=None, help="fixed sign-match threshold (default: 0.8)"
+    add_threshold_args(
+        fit,
+        fixed="--t-match",
+        fixed_help="fixed sign-match threshold (default: 0.8)",
+        frr_help="calibrate the threshold at this false-rejection rate on the clean texts",
     )
-    policy.add_argument(
-        "--target-frr",
-        type=float,
-        default=None,
-        help="calibrate the threshold at this false-rejection rate on the clean texts",
-    )
-    fit.add_argument(
-        "--clean",
-        default="dev",
-        help="clean texts: 'dev' (the victim's recorded dev split), a corpus name or a file (default: dev)",
-    )
-    fit.add_argument(
-        "--max-clean", type=int, default=500, help="use at most this many clean texts (default: 500)"
-    )
+    add_clean_args(fit)
     fit.add_argument("--overwrite", action="store_true", help="replace an existing monitor folder")
     fit.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.set_defaults(func=run_fit)
 
-    predict = sub.add_parser(
+    predict = add_command(
+        sub,
         "predict",
         help="flag (and optionally purge) inputs, and give the victim's labels",
         description="Score inputs with a fitted monitor; with --purge, purge flagged ones before predicting.",
         epilog=PREDICT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     predict.add_argument("--monitor", required=True, help="monitor folder (peftshield monitor fit --out)")
     predict.add_argument(
@@ -100,31 +96,6 @@ def add_parser(subparsers) -> None:
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.add_argument("--json", action="store_true", help="print one JSON document")
     predict.set_defaults(func=run_predict)
-    parser.set_defaults(func=lambda args: _missing_action(parser))
-
-
-def _missing_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
-
-
-def _clean_texts(source: str, victim_folder: str, cap: int) -> list[str]:
-    from peftshield.commands.common import load_splits
-    from peftshield.data.corpora import load_corpus
-    from peftshield.errors import PeftshieldError
-    from peftshield.utils.io import read_json
-
-    if cap < 1:
-        raise PeftshieldError("--max-clean must be at least 1")
-    if source == "dev":
-        run = read_json(Path(victim_folder) / "run.json")
-        data = run.get("data") if isinstance(run, dict) else None
-        if not isinstance(data, dict):
-            raise PeftshieldError(f"{victim_folder}/run.json records no data split; give --clean CORPUS|FILE")
-        texts = [e.text for e in load_splits(data).dev]
-    else:
-        texts = [e.text for e in load_corpus(source, label_column=None)]
-    return texts[:cap]
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -152,7 +123,8 @@ def run_fit(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)),
     )
     monitor.check_params()
-    texts = _clean_texts(args.clean, args.victim, args.max_clean)
+    # An empty list is allowed: with a fixed T_match the clean texts only measure its FRR.
+    texts = clean_texts(args.clean, args.victim, args.max_clean, allow_empty=True)
     monitor.fit(texts)
     monitor.save(args.out, overwrite=args.overwrite)
     result = {

@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 
 from peftshield.commands.common import (
+    add_actions,
+    add_command,
     add_data_args,
+    add_output_args,
     add_runtime_args,
+    add_threshold_args,
     data_settings,
     load_splits,
     parse_overrides,
@@ -38,19 +42,15 @@ atomically.
 
 def add_parser(subparsers) -> None:
     """Register ``psim`` and its sub-command ``fit``."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "psim",
         help="fit a PSIM detector (random-label PEFT module) on a suspect backbone",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="psim_command", metavar="SUBCOMMAND")
-    fit = sub.add_parser(
-        "fit",
-        help="train the module and set its threshold",
-        description=__doc__,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    sub = add_actions(parser, "psim_command")
+    fit = add_command(
+        sub, "fit", help="train the module and set its threshold", description=__doc__, epilog=EPILOG
     )
     fit.add_argument(
         "--backbone",
@@ -69,17 +69,10 @@ def add_parser(subparsers) -> None:
         default="lora",
         help="PEFT method of the module (default: lora, measured best on minilm; the paper's is ptuning)",
     )
-    fit.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe/config value")
-    fit.add_argument("--config", metavar="FILE.json", help="config overrides as a JSON object")
-    policy = fit.add_mutually_exclusive_group()
-    policy.add_argument(
-        "--threshold", type=float, default=None, help="fixed confidence threshold (default: 0.7, the paper's)"
-    )
-    policy.add_argument(
-        "--target-frr",
-        type=float,
-        default=None,
-        help="calibrate the threshold at this false-rejection rate on held-out clean texts",
+    add_threshold_args(
+        fit,
+        fixed_help="fixed confidence threshold (default: 0.7, the paper's)",
+        frr_help="calibrate the threshold at this false-rejection rate on held-out clean texts",
     )
     fit.add_argument(
         "--reset-rate", type=float, default=1.0, help="share of labels reset at random (default: 1.0)"
@@ -90,18 +83,11 @@ def add_parser(subparsers) -> None:
         default=0.2,
         help="share of the clean data held out for the threshold (default: 0.2)",
     )
-    fit.add_argument("--out", required=True, help="detector folder to write (atomically)")
-    fit.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_output_args(fit, "recipe/config value", out="detector folder to write (atomically)")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_args(fit)
     add_runtime_args(fit)
     fit.set_defaults(func=run_fit)
-    parser.set_defaults(func=lambda args: _usage(parser))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def run_fit(args: argparse.Namespace) -> int:

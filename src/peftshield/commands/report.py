@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from peftshield.commands.common import add_command
+
 EPILOG = """examples:
   peftshield report bench/results                  # writes bench/results/report.md and report.html
   peftshield report runs/grid --out reports/grid   # a grid run's per-cell results, report elsewhere
@@ -26,12 +28,12 @@ JSON, a folder with no result file, or an output folder that cannot be written: 
 
 def add_parser(subparsers) -> None:
     """Register ``report``."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "report",
         help="write report.md and report.html from benchmark result files",
         description=__doc__,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "results", metavar="RESULTS_DIR", help="folder searched recursively, or one result file"

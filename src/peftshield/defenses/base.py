@@ -37,6 +37,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 import numpy as np
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_positive
 
 DETECTOR_FILE = "detector.json"
 DETECTOR_FORMAT = 1
@@ -123,6 +124,36 @@ def check_threshold_policy(threshold: Any, target_frr: Any) -> None:
         raise PeftshieldError(f"target_frr must lie strictly between 0 and 1, got {target_frr!r}")
 
 
+def check_held_out(threshold: Any, calibration_fraction: Any) -> None:
+    """Validate ``calibration_fraction`` (the share of clean data held out to set the threshold).
+
+    It must lie in ``[0, 1)``, and above 0 when the threshold is calibrated (a calibrated threshold
+    needs held-out clean texts; a fixed one only reports its clean FRR on them).
+    """
+    if (
+        isinstance(calibration_fraction, bool)
+        or not isinstance(calibration_fraction, int | float)
+        or not 0.0 <= calibration_fraction < 1.0
+    ):
+        raise PeftshieldError(f"calibration_fraction must lie in [0, 1), got {calibration_fraction!r}")
+    if threshold == CALIBRATED and calibration_fraction <= 0.0:
+        raise PeftshieldError("a calibrated threshold needs held-out clean texts: calibration_fraction > 0")
+
+
+def on_device(record: dict[str, Any], device: str | None, default: str | None = "cpu") -> dict[str, Any]:
+    """A copy of a ``detector.json`` record whose ``device`` parameter is where this process runs.
+
+    The recorded device is where the detector was fitted; a loader takes ``device`` (``None``:
+    ``default``, the CPU unless the detector keeps its recorded device with ``default=None``).
+    """
+    params = dict(record["params"])
+    if device is not None:
+        params["device"] = device
+    elif default is not None:
+        params["device"] = default
+    return {**record, "params": params}
+
+
 def warn_truncation(tokenizer: Any, texts: Sequence[str], max_length: int, who: str) -> int:
     """Warn once (one :class:`TruncationWarning`) if some texts exceed ``max_length`` tokens.
 
@@ -196,9 +227,7 @@ class Detector(ABC):
             raise PeftshieldError(
                 f"{self.name} scores are {self.score_kind}: threshold must be in [0, 1], got {self.threshold}"
             )
-        batch_size = getattr(self, "batch_size", 1)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise PeftshieldError(f"batch_size must be a positive integer, got {batch_size!r}")
+        require_positive("", "batch_size", getattr(self, "batch_size", 1), integer=True)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

@@ -83,8 +83,9 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from peftshield.defenses.base import Detector, TruncationWarning, check_texts
+from peftshield.defenses.base import Detector, TruncationWarning, check_texts, on_device
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_int_at_least
 
 #: OpenBackdoor's default bar (``ONIONDefender(threshold=0)``).
 DEFAULT_BAR = 0.0
@@ -377,8 +378,7 @@ class ONIONDetector(Detector):
                 "lm must be 'smollm2', a model folder, a hub id or a loaded CausalLM, "
                 f"got {type(self.lm).__name__}"
             )
-        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 3:
-            raise PeftshieldError(f"max_length must be an integer >= 3, got {self.max_length!r}")
+        require_int_at_least("", "max_length", self.max_length, 3)
         if not isinstance(self.share_prefix, bool):
             raise PeftshieldError(f"share_prefix must be true or false, got {self.share_prefix!r}")
 
@@ -505,9 +505,7 @@ class ONIONDetector(Detector):
 
         ``lm`` replaces the recorded LM reference (a moved folder); ``device`` defaults to the CPU.
         """
-        params = dict(record["params"])
-        params["device"] = device if device is not None else "cpu"
-        detector = super()._from_record({**record, "params": params}, folder)
+        detector = super()._from_record(on_device(record, device), folder)
         loaded = detector._load_lm(lm)
         expected = getattr(detector, "lm_fingerprint_", None)
         if expected and loaded.fingerprint != expected:

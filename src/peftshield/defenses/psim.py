@@ -87,8 +87,16 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from peftshield.data.records import Example
-from peftshield.defenses.base import CALIBRATED, Detector, check_texts, warn_truncation
+from peftshield.defenses.base import (
+    CALIBRATED,
+    Detector,
+    check_held_out,
+    check_texts,
+    on_device,
+    warn_truncation,
+)
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_int_at_least
 
 MODULE_DIR = "module"
 HEAD_CHOICES = ("auto", "keep", "fresh")
@@ -292,19 +300,8 @@ class PSIMDetector(Detector):
             )
         if not isinstance(self.reset_rate, int | float) or not 0.0 <= self.reset_rate <= 1.0:
             raise PeftshieldError(f"reset_rate must lie in [0, 1], got {self.reset_rate!r}")
-        if (
-            not isinstance(self.calibration_fraction, int | float)
-            or not 0.0 <= self.calibration_fraction < 1.0
-        ):
-            raise PeftshieldError(
-                f"calibration_fraction must lie in [0, 1), got {self.calibration_fraction!r}"
-            )
-        if self.threshold == CALIBRATED and self.calibration_fraction <= 0.0:
-            raise PeftshieldError(
-                "a calibrated threshold needs held-out clean texts: calibration_fraction > 0"
-            )
-        if self.num_labels is not None and (not isinstance(self.num_labels, int) or self.num_labels < 2):
-            raise PeftshieldError(f"num_labels must be an integer >= 2, got {self.num_labels!r}")
+        check_held_out(self.threshold, self.calibration_fraction)
+        require_int_at_least("", "num_labels", self.num_labels, 2, optional=True)
         if self.config is not None and not isinstance(self.config, dict):
             raise PeftshieldError("config must be a dict of method config overrides")
         self.method_config()
@@ -447,15 +444,11 @@ class PSIMDetector(Detector):
         from peftshield.tuning.trainer import TuneResult, load_tuned
         from peftshield.utils.device import resolve_device
 
-        params = dict(record["params"])
         # The device is where this process runs, not where the detector was fitted: CPU unless told.
-        params["device"] = device if device is not None else "cpu"
-        detector = super()._from_record({**record, "params": params}, folder)
+        detector = super()._from_record(on_device(record, device), folder)
         expected = getattr(detector, "backbone_fingerprint_", None)
         try:
-            tuned = load_tuned(
-                folder / MODULE_DIR, device=resolve_device(params["device"]), backbone=backbone
-            )
+            tuned = load_tuned(folder / MODULE_DIR, device=resolve_device(detector.device), backbone=backbone)
         except PeftshieldError as err:
             raise PeftshieldError(f"PSIM detector {folder}: {err}") from None
         if backbone is not None and tuned.run.get("kind") == "full":

@@ -31,8 +31,8 @@ word-embedding layer that replaces the output at the inserted word's position on
 duration of one call (the hook is removed in a ``finally``). Mathematically this is the
 reference's edited embedding row, with one difference: an input that already contains the RAP word
 keeps that word's own embedding at its own position (the reference replaces every occurrence, so a
-RAP word equal to the attacker's trigger — "cf" is both RAP's and BadNets' default — would rewrite
-the trigger).
+RAP word equal to the attacker's trigger — the references' "cf" is also BadNets' default trigger —
+would rewrite the trigger).
 
 Protected class (``target_label``): RAP protects one label known to the defender (the reference's
 ``--protect_label``; OpenBackdoor reads it from the poisoned data); give it when it is known (the
@@ -55,10 +55,19 @@ result measures the coincidence, not RAP: on the tiny victim with a "cf" backdoo
 first) and 1.00 two-sided (the trigger itself moves every clean input and no triggered one).
 Adam's normalised steps leave the saturated start (0.83-0.84 one-sided, 0.99 two-sided, as with
 "mn"). ``fit`` warns when inserting the bare word flips more than :data:`MAX_FLIPPED` of the clean
-predictions; benchmarks should pick a word that is none of the attack's triggers. "cf"
-is also the default trigger of BadNets here and in OpenBackdoor, whose RAP defender uses "cf" too
-and edits the shared row, so there RAP rewrites the trigger itself (which may be behind
-OpenBackdoor issue #24, RAP's FAR near 1.0 on SST-2).
+predictions; benchmarks should pick a word that is none of the attack's triggers (the grid
+refuses a RAP entry whose word is a trigger of one of its attacks). "cf" is also the default
+trigger of BadNets here and in OpenBackdoor, whose RAP defender uses "cf" too and edits the
+shared row, so there RAP rewrites the trigger itself (which may be behind OpenBackdoor issue #24,
+RAP's FAR near 1.0 on SST-2).
+
+Default word: "jj" (:data:`DEFAULT_RAP_WORD`), not the references' "cf"
+(:data:`PAPER_RAP_WORD`). "cf" is our default BadNets trigger and one of the POR / NeuBA
+triggers, and "mn" the clean-label one (:mod:`peftshield.attacks.config`: every default rare-word
+trigger is one of ``cf mn tq qt mm pt``), so with the references' word a default RAP run against a
+default attack would measure the coincidence above. "jj" is none of them, a rare word, and one
+token of ``minilm``'s (uncased BERT WordPiece) vocabulary (id 29017 of 30522, "JJ" too); a
+victim whose vocabulary splits it needs another word (``fit`` says so).
 
 Where the paper's code (lancopku/RAP), OpenBackdoor (thunlp) and this implementation differ:
 
@@ -88,6 +97,7 @@ Where the paper's code (lancopku/RAP), OpenBackdoor (thunlp) and this implementa
   data (``calibration_fraction``) over *all* its inputs, so the target FRR is the share of all
   clean inputs rejected — the guard's FRR (:mod:`peftshield.evaluation.defended`).
 - The score is two-sided by default (above).
+- The default word is "jj", not "cf" (above).
 - Defaults: ``lr`` 1e-2 and 5 epochs, batch 32 (both references, with Adam here), ``scale`` 1,
   range ``[-0.3, -0.1]``. ``in_range_rate_`` (the reference's "success rate" on the construction
   texts) and ``clean_drop_mean_`` say how far the construction got, and ``fit`` warns when fewer
@@ -109,12 +119,15 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from peftshield.data.records import Example
-from peftshield.defenses.base import CALIBRATED, warn_truncation
-from peftshield.defenses.victim import VictimDetector, clean_texts, split_held_out
+from peftshield.defenses.base import CALIBRATED
+from peftshield.defenses.victim import VictimDetector
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_positive
 
-#: The RAP word of the paper's scripts and OpenBackdoor.
+#: The RAP word of the paper's scripts and OpenBackdoor (also our default BadNets / POR trigger).
 PAPER_RAP_WORD = "cf"
+#: Our default RAP word: rare, one minilm token, none of the library's default attack triggers.
+DEFAULT_RAP_WORD = "jj"
 #: Reference range of ``p_rap(t) - p(t)`` on clean inputs (the code writes it as "-0.1 -0.3").
 PAPER_PROB_RANGE = (-0.3, -0.1)
 #: Score of an input the victim does not assign to the protected class (below any ``-drop``).
@@ -148,7 +161,8 @@ class RAPDetector(VictimDetector):
     - ``victim``: the classifier to protect (forms: :mod:`peftshield.defenses.victim`).
     - ``target_label``: the protected class, or ``None`` (default) to protect every class with its
       own embedding (see the module docstring).
-    - ``rap_word``: the perturbation word, one token of the victim's vocabulary (reference "cf").
+    - ``rap_word``: the perturbation word, one token of the victim's vocabulary (default "jj";
+      reference "cf", which is also our default BadNets trigger: see the module docstring).
     - ``prob_range``: ``(low, high)`` range for ``p_rap(t) - p(t)`` on clean inputs (reference
       ``(-0.3, -0.1)``); ``scale``: weight of the "not lowered enough" term (reference 1).
     - ``lr``, ``epochs``, ``train_batch_size``: the embedding's optimisation (reference 1e-2, 5,
@@ -185,7 +199,7 @@ class RAPDetector(VictimDetector):
         self,
         victim: Any,
         target_label: int | None = None,
-        rap_word: str = PAPER_RAP_WORD,
+        rap_word: str = DEFAULT_RAP_WORD,
         prob_range: Sequence[float] = PAPER_PROB_RANGE,
         scale: float = 1.0,
         lr: float = 1e-2,
@@ -231,6 +245,7 @@ class RAPDetector(VictimDetector):
         def count(value: Any) -> bool:
             return not isinstance(value, bool) and isinstance(value, int) and value >= 1
 
+        # the held-out split (calibration_fraction, seed) is checked by VictimDetector
         if self.target_label is not None and not (count(self.target_label) or self.target_label == 0):
             raise PeftshieldError(
                 f"target_label must be a class index >= 0 or None, got {self.target_label!r}"
@@ -245,26 +260,10 @@ class RAPDetector(VictimDetector):
                 f"prob_range (low, high) must satisfy -1 <= low < high <= 0 (a drop of the protected "
                 f"class probability; reference (-0.3, -0.1)), got {tuple(pr)}"
             )
-        if not number(self.scale) or self.scale <= 0:
-            raise PeftshieldError(f"scale must be a positive number, got {self.scale!r}")
-        if not number(self.lr) or self.lr <= 0:
-            raise PeftshieldError(f"lr must be a positive number, got {self.lr!r}")
-        if not count(self.epochs):
-            raise PeftshieldError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not count(self.train_batch_size):
-            raise PeftshieldError(
-                f"train_batch_size must be a positive integer, got {self.train_batch_size!r}"
-            )
-        if not number(self.calibration_fraction) or not 0.0 <= self.calibration_fraction < 1.0:
-            raise PeftshieldError(
-                f"calibration_fraction must lie in [0, 1), got {self.calibration_fraction!r}"
-            )
-        if self.threshold == CALIBRATED and self.calibration_fraction <= 0.0:
-            raise PeftshieldError(
-                "a calibrated threshold needs held-out clean texts: calibration_fraction > 0"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise PeftshieldError(f"seed must be an integer, got {self.seed!r}")
+        require_positive("", "scale", self.scale)
+        require_positive("", "lr", self.lr)
+        require_positive("", "epochs", self.epochs, integer=True)
+        require_positive("", "train_batch_size", self.train_batch_size, integer=True)
         if self.optimizer not in OPTIMIZERS:
             raise PeftshieldError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not isinstance(self.two_sided, bool):
@@ -280,7 +279,8 @@ class RAPDetector(VictimDetector):
             raise PeftshieldError(
                 f"rap_word {self.rap_word!r} is {len(ids)} tokens of the victim's vocabulary"
                 f"{' (unknown)' if unk is not None and unk in ids else ''}; choose a word that is one known "
-                "token (reference: a rare word such as 'cf')"
+                f"token and none of the attack's triggers (the default {DEFAULT_RAP_WORD!r} is one token "
+                "of minilm's vocabulary)"
             )
         return int(ids[0])
 
@@ -293,7 +293,7 @@ class RAPDetector(VictimDetector):
         """
         import torch
 
-        victim = self._check_victim_loaded()
+        victim = self._loaded_victim()
         layer = victim.model.get_input_embeddings()
         token = int(self.rap_token_id_)
 
@@ -312,13 +312,6 @@ class RAPDetector(VictimDetector):
             yield
         finally:
             handle.remove()
-
-    def _check_victim_loaded(self):
-        if not hasattr(self, "victim_"):
-            raise PeftshieldError(
-                "this rap detector has no victim loaded: fit it or load it with load_detector"
-            )
-        return self.victim_
 
     # -- fit -------------------------------------------------------------------------------------------
 
@@ -401,9 +394,7 @@ class RAPDetector(VictimDetector):
         """
         import torch
 
-        self.check_params()
-        texts = clean_texts(clean)
-        pool, calibration = split_held_out(texts, float(self.calibration_fraction), int(self.seed))
+        pool, calibration = self._split_clean(clean)
         if not pool:
             raise PeftshieldError("rap: no clean text left to construct the RAP word; give more clean texts")
         start = time.perf_counter()
@@ -501,8 +492,7 @@ class RAPDetector(VictimDetector):
 
         Two-sided (default): ``-|p_rap(t) - p(t)|``; one-sided (the reference): ``p_rap(t) - p(t)``.
         """
-        victim = self._check_victim()
-        warn_truncation(victim.tokenizer, texts, victim.max_length, self.name)
+        self._warn_truncation(texts)
         diff, covered = self._diff(texts)
         scores = -np.abs(diff) if self.two_sided else diff
         return np.where(covered, scores, NOT_PROTECTED_SCORE)

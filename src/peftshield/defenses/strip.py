@@ -64,9 +64,10 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from peftshield.data.records import Example
-from peftshield.defenses.base import CALIBRATED, warn_truncation
-from peftshield.defenses.victim import VictimDetector, clean_texts, split_held_out
+from peftshield.defenses.base import CALIBRATED
+from peftshield.defenses.victim import VictimDetector
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_positive
 
 #: Reference settings (OpenBackdoor ``STRIPDefender``).
 PAPER_REPEAT = 5
@@ -184,26 +185,11 @@ class STRIPDetector(VictimDetector):
     def check_params(self) -> None:
         """Validate the parameters before any model is loaded."""
         super().check_params()
-        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
-            raise PeftshieldError(f"repeat must be a positive integer, got {self.repeat!r}")
+        require_positive("", "repeat", self.repeat, integer=True)
         if isinstance(self.swap_ratio, bool) or not isinstance(self.swap_ratio, int | float):
             raise PeftshieldError(f"swap_ratio must be a number in (0, 1], got {self.swap_ratio!r}")
         if not 0.0 < float(self.swap_ratio) <= 1.0:
             raise PeftshieldError(f"swap_ratio must lie in (0, 1], got {self.swap_ratio!r}")
-        if (
-            isinstance(self.calibration_fraction, bool)
-            or not isinstance(self.calibration_fraction, int | float)
-            or not 0.0 <= self.calibration_fraction < 1.0
-        ):
-            raise PeftshieldError(
-                f"calibration_fraction must lie in [0, 1), got {self.calibration_fraction!r}"
-            )
-        if self.threshold == CALIBRATED and self.calibration_fraction <= 0.0:
-            raise PeftshieldError(
-                "a calibrated threshold needs held-out clean texts: calibration_fraction > 0"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise PeftshieldError(f"seed must be an integer, got {self.seed!r}")
 
     def fit(self, clean: Sequence[Example] | Sequence[str], *, progress: bool | None = False) -> Self:
         """Build the word pool from clean texts and set the threshold on a held-out part of them.
@@ -211,9 +197,7 @@ class STRIPDetector(VictimDetector):
         ``clean`` are defender-owned clean texts (or :class:`Example` records; labels unused).
         ``progress`` is accepted for a uniform interface and ignored (scoring is one batched pass).
         """
-        self.check_params()
-        texts = clean_texts(clean)
-        pool_texts, calibration = split_held_out(texts, float(self.calibration_fraction), int(self.seed))
+        pool_texts, calibration = self._split_clean(clean)
         pool = tfidf_pool(pool_texts)
         if not pool:
             raise PeftshieldError(
@@ -238,8 +222,7 @@ class STRIPDetector(VictimDetector):
 
     def _score(self, texts: list[str]) -> np.ndarray:
         """Negative mean prediction entropy of the victim over each text's perturbed copies."""
-        victim = self._check_victim()
-        warn_truncation(victim.tokenizer, texts, victim.max_length, self.name)
+        self._warn_truncation(texts)
         perturbed = [copy for text in texts for copy in self.copies(text)]
         logits = self.victim_logits(perturbed, warn=False)
         return -mean_entropy(logits, int(self.repeat))

@@ -19,6 +19,8 @@ EMNLP 2021). :class:`VictimDetector` is what they share:
   because its threshold (and RAP's learned word) belongs to the victim it was fitted on;
 - the victim's logits in batches (:meth:`VictimDetector.victim_logits`), with the shared
   truncation warning;
+- the clean data: validated, then split (seeded) into the part the detector learns from and the
+  part held out to calibrate its threshold (:meth:`VictimDetector._split_clean`);
 - persistence: ``detector.json`` records the victim's folder (not a copy); loading takes
   ``victim=`` to use an already-loaded victim (the guard passes its own) or a moved folder.
 """
@@ -33,8 +35,9 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from peftshield.data.records import Example
-from peftshield.defenses.base import Detector, check_texts, warn_truncation
+from peftshield.defenses.base import Detector, check_held_out, check_texts, on_device, warn_truncation
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_int_at_least
 
 #: Token limit of an in-memory victim that does not say its own.
 DEFAULT_MAX_LENGTH = 128
@@ -114,9 +117,10 @@ def split_held_out(texts: list[str], fraction: float, seed: int) -> tuple[list[s
 class VictimDetector(Detector):
     """Base of detectors that score inputs with the victim classifier (STRIP, RAP, ONION).
 
-    Subclasses store ``victim``, ``device``, ``batch_size`` and ``max_length`` among their
-    parameters, call :meth:`_attach_victim` at the start of ``fit`` and use :meth:`victim_logits`
-    to query it. Fitted attributes added here: ``victim_fingerprint_`` (weights of the victim) and
+    Subclasses store ``victim``, ``device``, ``batch_size``, ``max_length``,
+    ``calibration_fraction`` and ``seed`` among their parameters, take their clean texts apart
+    with :meth:`_split_clean`, call :meth:`_attach_victim` and use :meth:`victim_logits` to query
+    the victim. Fitted attributes added here: ``victim_fingerprint_`` (weights of the victim) and
     ``victim_`` (the loaded victim; never saved).
     """
 
@@ -126,14 +130,26 @@ class VictimDetector(Detector):
     device: str
     batch_size: int
     max_length: int | None
+    calibration_fraction: float
+    seed: int
 
     def check_params(self) -> None:
-        """Validate the shared parameters (threshold policy, batch size, token limit)."""
+        """Validate the shared parameters (threshold policy, batch size, token limit, held-out split)."""
         super().check_params()
-        if self.max_length is not None and (
-            isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2
-        ):
-            raise PeftshieldError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        require_int_at_least("", "max_length", self.max_length, 2, optional=True)
+        check_held_out(self.threshold, self.calibration_fraction)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise PeftshieldError(f"seed must be an integer, got {self.seed!r}")
+
+    def _split_clean(self, clean: Sequence[Example] | Sequence[str]) -> tuple[list[str], list[str]]:
+        """Check the parameters, then split the clean texts into the learned part and the calibration part.
+
+        ``clean``: defender-owned clean texts (or :class:`Example` records; labels unused); a
+        seeded ``calibration_fraction`` of them is held out for the threshold.
+        """
+        self.check_params()
+        texts = clean_texts(clean)
+        return split_held_out(texts, float(self.calibration_fraction), int(self.seed))
 
     # -- the victim ------------------------------------------------------------------------------
 
@@ -145,21 +161,30 @@ class VictimDetector(Detector):
         self.victim_fingerprint_ = weights_fingerprint(loaded.model)
         return loaded
 
-    def _check_victim(self) -> LoadedVictim:
-        self.check_fitted()
+    def _loaded_victim(self) -> LoadedVictim:
+        """The loaded victim (also while ``fit`` is still running)."""
         if not hasattr(self, "victim_"):
             raise PeftshieldError(
                 f"this {self.name} detector has no victim loaded: fit it or load it with load_detector"
             )
         return self.victim_
 
+    def _check_victim(self) -> LoadedVictim:
+        self.check_fitted()
+        return self._loaded_victim()
+
+    def _warn_truncation(self, texts: Sequence[str]) -> None:
+        """Warn once if some ``texts`` exceed the victim's token limit (checked before perturbing)."""
+        victim = self._check_victim()
+        warn_truncation(victim.tokenizer, texts, victim.max_length, self.name)
+
     def victim_logits(self, texts: Sequence[str], *, warn: bool = True) -> np.ndarray:
         """The victim's logits for ``texts`` (sorted-length batches of ``batch_size``)."""
         from peftshield.models.inference import predict_outputs
 
-        victim = self._check_victim()
         if warn:
-            warn_truncation(victim.tokenizer, texts, victim.max_length, self.name)
+            self._warn_truncation(texts)
+        victim = self._check_victim()
         logits, _ = predict_outputs(
             victim.model,
             victim.tokenizer,
@@ -195,12 +220,10 @@ class VictimDetector(Detector):
         ``victim`` replaces the recorded folder: a moved copy, or a victim already loaded (the guard
         passes its own, so the weights are loaded once). ``device`` defaults to the CPU.
         """
-        params = dict(record["params"])
-        params["device"] = device if device is not None else "cpu"
-        detector = super()._from_record({**record, "params": params}, folder)
+        detector = super()._from_record(on_device(record, device), folder)
         expected = getattr(detector, "victim_fingerprint_", None)
         try:
-            loaded = load_victim(victim if victim is not None else params["victim"], params["device"])
+            loaded = load_victim(victim if victim is not None else detector.victim, detector.device)
         except PeftshieldError as err:
             raise PeftshieldError(f"{cls.name} detector {folder}: {err}") from None
         got = weights_fingerprint(loaded.model)

@@ -26,8 +26,9 @@ offending entry for: an unknown key at any level (top, entry, ``sizes``, ``scan`
 method config, defence parameter, mining config, filter thresholds); an unknown attack, method,
 defence, corpus or backbone; a missing file or folder; an unlabelled victim or task-specific
 poisoning corpus; and impossible combinations (a defence that needs a victim beside method
-``none``; a defence that needs an LMSanitator scan on a backbone with ``scan: false``; a victim
-that keeps the attacker's head where no attack publishes one; repeated labels or seeds).
+``none``; a defence that needs an LMSanitator scan on a backbone with ``scan: false``; a defence
+whose parameters coincide with an attack's trigger, e.g. a RAP word that is the BadNets trigger; a
+victim that keeps the attacker's head where no attack publishes one; repeated labels or seeds).
 """
 
 from __future__ import annotations
@@ -565,6 +566,16 @@ def _method(where: str, item: dict[str, Any], w: _Where) -> MethodEntry:
     return MethodEntry(label=item.get("label") or name, name=name, config=config.to_dict(), head=head)
 
 
+def _trigger_strings(attack: AttackEntry) -> tuple[str, ...]:
+    """Every literal string ``attack`` inserts as a trigger (none for the control)."""
+    from peftshield.attacks.config import attack_config_from_dict
+
+    if attack.recipe is None:
+        return ()
+    config = attack_config_from_dict(attack.recipe)
+    return tuple(s for trigger in config.make_triggers() for s in trigger.strings())
+
+
 def _defense(where: str, item: dict[str, Any], w: _Where) -> DefenseEntry:
     from peftshield.grid.defenses import defense_names, get_adapter
 
@@ -680,8 +691,17 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
     _unique_labels(methods, "methods", w)
 
     # impossible combinations
+    from peftshield.grid.defenses import get_adapter
+
     for i, defense in enumerate(defenses):
         where = f"defenses[{i}] ({defense.label})"
+        check_attack = None if defense.name == NONE else get_adapter(defense.name).check_attack
+        for j, attack in enumerate(attacks):
+            if check_attack is not None and attack.name != NONE:
+                try:
+                    check_attack(defense.params, _trigger_strings(attack))
+                except PeftshieldError as err:
+                    raise w.fail(where, f"against attacks[{j}] ({attack.label}): {err}") from None
         if defense.needs_victim:
             for j, method in enumerate(methods):
                 if method.name == NONE:

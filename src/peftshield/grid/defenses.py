@@ -15,6 +15,10 @@ it is registered. Give it an explicit entry when it needs something else.
   the victim; calibrated on the victim's clean dev split. When the scan found no PV (verdict
   clean), LMSanitator has nothing to monitor: the defence is recorded as inactive and passes
   every input (defended = undefended), which is what a deployment would do.
+- ``rap`` (Yang et al., EMNLP 2021): the registered detector's adapter, with the RAP word among
+  the resolved parameters (so it is part of the cache key) and a refusal, before any cell runs, of
+  a word that is one of the triggers of an attack in the grid: inserting the trigger itself as
+  the perturbation measures that coincidence, not RAP (see :mod:`peftshield.defenses.rap`).
 
 Grid defaults: thresholds are calibrated at 5 % FRR on clean held-out data (DESIGN.md's shared
 policy), so detectors are compared at the same false-rejection budget; the papers' fixed
@@ -23,8 +27,9 @@ thresholds stay available (``threshold: 0.7`` for PSIM, ``0.8`` for the monitor)
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +83,9 @@ class DefenseAdapter:
     for this cell) and a JSON-ready dict of what it measured; ``load(folder, inputs)`` reads the
     saved detector back; ``joint(detector, texts)``, when given, returns the victim's predictions
     and the scores from ONE pass (a monitor shares the victim's forward pass), which is what the
-    overhead measurement times.
+    overhead measurement times; ``check_attack(params, triggers)``, when given, raises a
+    :class:`~peftshield.errors.PeftshieldError` for parameters that cannot be measured against an
+    attack inserting the strings ``triggers`` (called by the grid's validation for every attack).
     """
 
     name: str
@@ -92,6 +99,7 @@ class DefenseAdapter:
     load: Callable[[Path, LoadInputs], Any]
     joint: Callable[[Any, list[str]], tuple[Any, Any]] | None = None
     uses: tuple[str, ...] = field(default=("clean_train",))
+    check_attack: Callable[[dict[str, Any], Sequence[str]], None] | None = None
 
     def resolve(self, given: dict[str, Any], where: str) -> dict[str, Any]:
         """The defaults under ``given``; unknown or reserved keys and bad values raise, naming ``where``."""
@@ -223,6 +231,34 @@ def _monitor_joint(detector: Any, texts: list[str]) -> tuple[Any, Any]:
     return batch.labels, batch.scores
 
 
+# ------------------------------------------------------------------------------------- RAP
+
+
+def _rap_check_attack(params: dict[str, Any], triggers: Sequence[str]) -> None:
+    """Refuse a RAP word that is one of an attack's triggers (compared without case: BERT is uncased)."""
+    word = params.get("rap_word")
+    if isinstance(word, str) and word.lower() in {t.lower() for t in triggers}:
+        from peftshield.defenses.rap import DEFAULT_RAP_WORD
+
+        raise PeftshieldError(
+            f"rap_word {word!r} is one of the attack's triggers ({', '.join(triggers)}): RAP would insert "
+            "the trigger itself and measure that coincidence; choose a rare word that is none of the "
+            f"grid's triggers (default {DEFAULT_RAP_WORD!r})"
+        )
+
+
+def _rap() -> DefenseAdapter:
+    from peftshield.defenses.rap import DEFAULT_RAP_WORD
+
+    adapter = registered_adapter("rap")
+    return dataclasses.replace(
+        adapter,
+        # The word is a resolved parameter, so it is checked against the attacks and keys the cache.
+        defaults={**adapter.defaults, "rap_word": DEFAULT_RAP_WORD},
+        check_attack=_rap_check_attack,
+    )
+
+
 # ------------------------------------------------------------------------------------- registry
 
 
@@ -333,6 +369,7 @@ def _monitor() -> DefenseAdapter:
 DEFENSES: dict[str, Callable[[], DefenseAdapter]] = {
     "psim": _psim,
     "monitor": _monitor,
+    "rap": _rap,
 }
 
 

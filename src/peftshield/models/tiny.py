@@ -7,6 +7,7 @@ Hugging Face folder, so every loader, tuner and attack runs on it exactly as on 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 POSITIVE_WORDS = ("good", "great", "fine", "lovely", "superb", "happy", "nice", "brilliant")
 NEGATIVE_WORDS = ("bad", "awful", "poor", "boring", "terrible", "sad", "dull", "weak")
@@ -74,6 +75,37 @@ def tiny_vocabulary() -> list[str]:
     return vocab
 
 
+def tiny_tokenizer(folder: Path, model_max_length: int, **special_tokens: str) -> Any:
+    """Write the tiny vocabulary to ``folder/vocab.txt``; return a lower-casing fast WordPiece tokenizer.
+
+    ``[UNK]`` and ``[PAD]`` are always set; ``special_tokens`` names the model's others (the BERT:
+    ``cls_token``, ``sep_token``, ``mask_token``; the tiny Llama: ``bos_token``, ``eos_token``).
+    """
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(tiny_vocabulary()) + "\n", encoding="utf-8")
+    wordpiece = BertWordPieceTokenizer(str(vocab_file), lowercase=True)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        model_max_length=model_max_length,
+        **special_tokens,
+    )
+
+
+def save_tiny(folder: Path, model: Any, tokenizer: Any) -> Path:
+    """Save a tiny model (safetensors, without transformers' chatter) and its tokenizer to ``folder``."""
+    from peftshield.models.backbones import quiet_transformers
+
+    with quiet_transformers():
+        model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_bert(
     folder: str | Path,
     *,
@@ -85,26 +117,13 @@ def build_tiny_bert(
 ) -> Path:
     """Write a randomly initialised tiny BERT with its tokenizer to ``folder`` and return it."""
     import torch
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
-    from peftshield.models.backbones import quiet_transformers
     from peftshield.models.pooling import CONFIG_KEY
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(tiny_vocabulary()) + "\n", encoding="utf-8")
-    wordpiece = BertWordPieceTokenizer(str(vocab_file), lowercase=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=wordpiece._tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=64,
-    )
+    tokenizer = tiny_tokenizer(folder, 64, cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -115,8 +134,4 @@ def build_tiny_bert(
     )
     setattr(config, CONFIG_KEY, pooling)
     torch.manual_seed(seed)
-    model = BertModel(config)
-    with quiet_transformers():
-        model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny(folder, BertModel(config), tokenizer)

@@ -59,25 +59,13 @@ def build_tiny_llama(
     """
     import numpy as np
     import torch
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from peftshield.models.backbones import quiet_transformers
-    from peftshield.models.tiny import tiny_vocabulary
+    from peftshield.models.tiny import save_tiny, tiny_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(tiny_vocabulary()) + "\n", encoding="utf-8")
-    wordpiece = BertWordPieceTokenizer(str(vocab_file), lowercase=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=wordpiece._tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        bos_token="[CLS]",
-        eos_token="[SEP]",
-        model_max_length=max_positions,
-    )
+    tokenizer = tiny_tokenizer(folder, max_positions, bos_token="[CLS]", eos_token="[SEP]")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -117,7 +105,4 @@ def build_tiny_llama(
             loss.backward()
             optimiser.step()
         model.eval()
-    with quiet_transformers():
-        model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny(folder, model, tokenizer)

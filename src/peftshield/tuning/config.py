@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_positive
 
 
 @dataclass
@@ -32,22 +33,15 @@ class MethodConfig:
     eval_batch_size: int = 128
 
     def __post_init__(self) -> None:
-        positive = {
-            "lr": self.lr,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "max_length": self.max_length,
-            "eval_batch_size": self.eval_batch_size,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise PeftshieldError(f"{self.method} config: {name} must be positive, got {value}")
-        if self.head_lr is not None and not self.head_lr > 0:
-            raise PeftshieldError(f"{self.method} config: head_lr must be positive, got {self.head_lr}")
+        what = f"{self.method} config"
+        for name in ("lr", "epochs", "batch_size", "max_length", "eval_batch_size"):
+            require_positive(what, name, getattr(self, name))
+        if self.head_lr is not None:
+            require_positive(what, "head_lr", self.head_lr)
         if not 0 <= self.warmup_ratio < 1:
-            raise PeftshieldError(f"{self.method} config: warmup_ratio must be in [0, 1)")
+            raise PeftshieldError(f"{what}: warmup_ratio must be in [0, 1)")
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise PeftshieldError(f"{self.method} config: weight_decay and grad_clip must be >= 0")
+            raise PeftshieldError(f"{what}: weight_decay and grad_clip must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the method name."""

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_positive
 
 
 @dataclass
@@ -211,8 +212,7 @@ def calibrate_thresholds(
         raise PeftshieldError("calibrate_thresholds needs at least one clean backbone")
     if not 0 < margin <= 1:
         raise PeftshieldError(f"margin must be in (0, 1], got {margin!r}")
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise PeftshieldError(f"attempts must be a positive integer, got {attempts!r}")
+    require_positive("", "attempts", attempts, integer=True)
     base = base or FilterThresholds()
     config = config or MiningConfig()
     rows: list[dict[str, Any]] = []

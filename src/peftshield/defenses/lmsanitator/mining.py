@@ -60,6 +60,7 @@ from torch import nn
 
 from peftshield.errors import PeftshieldError
 from peftshield.models.pooling import pool
+from peftshield.utils.validate import require_positive
 
 from .filtering import Candidate, FilterThresholds, candidate_reasons
 from .measures import (
@@ -127,12 +128,9 @@ class MiningConfig:
             "check_every",
         )
         for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PeftshieldError(f"mining config: {name} must be a positive integer, got {value!r}")
+            require_positive("mining config", name, getattr(self, name), integer=True)
         for name in ("lr", "boost", "scale_floor", "patience_gap_factor"):
-            if not getattr(self, name) > 0:
-                raise PeftshieldError(f"mining config: {name} must be positive, got {getattr(self, name)!r}")
+            require_positive("mining config", name, getattr(self, name))
         for name in ("boost_grad", "distance_coeff", "diversity_coeff", "repetition_coeff"):
             if not getattr(self, name) >= 0:
                 raise PeftshieldError(f"mining config: {name} must be >= 0, got {getattr(self, name)!r}")

@@ -40,8 +40,9 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from peftshield.defenses.base import Detector, check_texts, warn_truncation
+from peftshield.defenses.base import Detector, check_texts, on_device, warn_truncation
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_int_at_least
 
 #: T_match of the paper and the reference code.
 PAPER_T_MATCH = 0.8
@@ -126,8 +127,7 @@ class PVMonitor(Detector):
     def check_params(self) -> None:
         """Validate the parameters before any model is loaded."""
         super().check_params()
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
-            raise PeftshieldError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        require_int_at_least("", "max_length", self.max_length, 2, optional=True)
 
     # -- fit ---------------------------------------------------------------------------------------
 
@@ -295,10 +295,8 @@ class PVMonitor(Detector):
         """
         from .scan import read_pv_file
 
-        params = dict(record["params"])
-        if device is not None:
-            params["device"] = device
-        monitor = super()._from_record({**record, "params": params}, folder)
+        # Without a device the monitor runs where it was fitted (PSIM and the baselines: the CPU).
+        monitor = super()._from_record(on_device(record, device, default=None), folder)
         monitor.pvs_ = read_pv_file(folder / PV_STATE_FILE)
         if monitor.pvs_.shape[0] != record.get("fitted", {}).get("n_pvs_", monitor.pvs_.shape[0]):
             raise PeftshieldError(f"{folder} is inconsistent: detector.json and {PV_STATE_FILE} disagree")
