@@ -44,6 +44,11 @@ def test_training_lowers_the_loss_and_reload_is_identical(method, tiny_bert, tmp
     reloaded = load_tuned(out)
     got = reloaded.predict_logits(texts)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # A victim's identity (detectors fitted on it refuse any other) must survive a reload: peft's
+    # unused, randomly re-initialised copy of the head must not enter it.
+    from peftshield.models.backbones import fingerprint
+
+    assert fingerprint(load_tuned(out).model) == fingerprint(reloaded.model)
     run = json.loads((out / "run.json").read_text())
     assert run["method"] == method and run["num_labels"] == 2
     assert "meta" in run and "torch" in run["meta"]["versions"]

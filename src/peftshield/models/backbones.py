@@ -147,14 +147,22 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
     return LoadedBackbone(encoder=encoder, tokenizer=tokenizer, pooling=chosen, location=location, ref=ref)
 
 
+#: State-dict entries left out of :func:`fingerprint`: peft keeps the pre-adapter copy of a
+#: ``modules_to_save`` layer (our classification head) under this name. It is never used while the
+#: adapter is active and is re-initialised at random on every load, so it is not part of the identity.
+_UNUSED_COPY = ".original_module."
+
+
 def fingerprint(module) -> str:
     """A sha256 over every parameter of a module, to check that two artifacts share a backbone.
 
-    Detectors and monitors are fitted to one backbone; applying them to another is refused by
-    comparing these fingerprints.
+    Detectors and monitors are fitted to one backbone (or one victim); applying them to another is
+    refused by comparing these fingerprints.
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
+        if _UNUSED_COPY in name:
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
