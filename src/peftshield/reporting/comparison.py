@@ -19,9 +19,9 @@ from peftshield.reporting.rows import (
     asr_of,
     cacc_cost,
     cell_label,
+    close_section,
     defended_asr_of,
     expand_policies,
-    failed_cells_table,
     policy_of,
     varying,
 )
@@ -183,9 +183,4 @@ def comparison_section(bench: Benchmark, title: str | None = None) -> Section:
         table = generic_table(others, "Rows without a detector")
         if table is not None:
             section.blocks.append(table)
-    failed = failed_cells_table(bench.rows)
-    if failed is not None:
-        section.blocks.append(failed)
-    if not rows:
-        section.blocks.append(Text("No cell of this benchmark has finished."))
-    return section
+    return close_section(section, bench.rows, None if rows else "No cell of this benchmark has finished.")

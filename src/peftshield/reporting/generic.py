@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from peftshield.reporting.document import Section, Table, Text, fmt
 from peftshield.reporting.results import Benchmark
-from peftshield.reporting.rows import failed_cells_table, is_scalar
+from peftshield.reporting.rows import close_section, is_scalar
 from peftshield.reporting.tables import generic_table
 
 
@@ -35,7 +35,4 @@ def generic_section(bench: Benchmark, note: str = "") -> Section:
     summary = summary_table(bench.summary)
     if summary is not None:
         section.blocks.append(summary)
-    failed = failed_cells_table(bench.rows)
-    if failed is not None:
-        section.blocks.append(failed)
-    return section
+    return close_section(section, bench.rows)

@@ -20,9 +20,9 @@ from peftshield.reporting.psim import detector_columns
 from peftshield.reporting.results import Benchmark
 from peftshield.reporting.rows import (
     asr_of,
+    close_section,
     defended_asr_of,
     expand_policies,
-    failed_cells_table,
     first_number,
     has_policies,
     varying,
@@ -204,12 +204,7 @@ def lmsanitator_section(bench: Benchmark) -> Section:
         table = generic_table(other, "Other rows of this benchmark")
         if table is not None:
             section.blocks.append(table)
-    failed = failed_cells_table(bench.rows)
-    if failed is not None:
-        section.blocks.append(failed)
-    if not rows:
-        section.blocks.append(Text("No cell of this benchmark has finished."))
-    return section
+    return close_section(section, bench.rows, None if rows else "No cell of this benchmark has finished.")
 
 
 def _is_victim(row: dict[str, Any]) -> bool:

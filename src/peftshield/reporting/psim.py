@@ -20,9 +20,9 @@ from peftshield.reporting.rows import (
     asr_convention,
     asr_of,
     cacc_cost,
+    close_section,
     defended_asr_of,
     expand_policies,
-    failed_cells_table,
     has_metrics,
     policy_of,
     varying,
@@ -123,9 +123,5 @@ def psim_section(bench: Benchmark) -> Section:
         table = generic_table(members, f"{kind} rows (scalar columns)")
         if table is not None:
             section.blocks.append(table)
-    failed = failed_cells_table(bench.rows)
-    if failed is not None:
-        section.blocks.append(failed)
-    if not rows:
-        section.blocks.append(Text("No victim or detector cell of this benchmark has finished."))
-    return section
+    empty = "No victim or detector cell of this benchmark has finished."
+    return close_section(section, bench.rows, None if rows else empty)

@@ -21,7 +21,7 @@ import numpy as np
 from peftshield.reporting.document import Bullets, Figure, Section, Table, Text, fmt, fmt_seconds
 from peftshield.reporting.render_markdown import table_markdown
 from peftshield.reporting.results import Benchmark, is_error
-from peftshield.reporting.rows import failed_cells_table
+from peftshield.reporting.rows import close_section
 from peftshield.reporting.svg import bar_chart
 
 PEFT_METHODS = ("lora", "prompt", "ptuning", "prefix")
@@ -338,9 +338,4 @@ def retention_section(bench: Benchmark) -> Section:
     table = poison_table(rows)
     if table is not None:
         section.blocks.append(table)
-    failed = failed_cells_table(rows)
-    if failed is not None:
-        section.blocks.append(failed)
-    if not bench.ok_rows:
-        section.blocks.append(Text("No cell of this benchmark has finished."))
-    return section
+    return close_section(section, rows, None if bench.ok_rows else "No cell of this benchmark has finished.")

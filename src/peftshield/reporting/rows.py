@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from peftshield.reporting.document import Table, fmt, number
+from peftshield.reporting.document import Section, Table, Text, fmt, number
 from peftshield.reporting.results import is_error
 
 #: keys that say which cell a row is (shown in failed-cell listings and cell labels), in this order
@@ -220,3 +220,17 @@ def scalar_columns(rows: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> li
                 continue
             seen[key] = seen.get(key, True) and is_scalar(value)
     return [k for k, ok in seen.items() if ok and any(r.get(k) is not None for r in rows)]
+
+
+def close_section(section: Section, rows: list[dict[str, Any]], empty: str | None = None) -> Section:
+    """Finish a benchmark's section: its failed cells (if any), then ``empty`` as a note when given.
+
+    ``empty`` is the sentence a section shows when none of its cells finished; pass ``None`` when
+    something did.
+    """
+    failed = failed_cells_table(rows)
+    if failed is not None:
+        section.blocks.append(failed)
+    if empty:
+        section.blocks.append(Text(empty))
+    return section

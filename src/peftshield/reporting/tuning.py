@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from peftshield.reporting.document import Figure, Section, Table, Text, fmt, fmt_ratio, fmt_seconds, number
 from peftshield.reporting.results import Benchmark
-from peftshield.reporting.rows import failed_cells_table
+from peftshield.reporting.rows import close_section
 from peftshield.reporting.svg import bar_chart
 
 
@@ -84,9 +84,5 @@ def tuning_section(bench: Benchmark) -> Section:
         ]
         columns = ["method", "tune ex/s", "plain loop ex/s", "throughput ratio", "steps", "rounds"]
         section.blocks.append(Table(columns, body, "Throughput of the tuning loop"))
-    failed = failed_cells_table(bench.rows)
-    if failed is not None:
-        section.blocks.append(failed)
-    if not tuned and not speed:
-        section.blocks.append(Text("No tuning cell with a CACC or a throughput ratio was found."))
-    return section
+    empty = "No tuning cell with a CACC or a throughput ratio was found."
+    return close_section(section, bench.rows, None if tuned or speed else empty)
