@@ -515,3 +515,47 @@ def test_cells_without_a_victim_measure_detection_only(tmp_path, tiny_bert, toy_
     assert row["threshold"] == "calibrated@0.05" and isinstance(row["threshold_value"], float)
     assert 0.0 <= row["auroc"] <= 1.0 and row["far"] == pytest.approx(1.0 - row["recall"])
     assert row["n_triggered"] > 0 and row["roc"]["tpr"][-1] == 1.0
+
+
+# ------------------------------------------------------------------------------- ONION's score memo
+
+
+def test_score_memo_scores_each_distinct_text_once_and_charges_its_cost(tmp_path):
+    from peftshield.grid.scorememo import ScoreMemo
+
+    calls: list[str] = []
+
+    def slow_length(texts: list[str]) -> np.ndarray:
+        calls.extend(texts)
+        time.sleep(0.01 * len(texts))
+        return np.array([float(len(t)) for t in texts])
+
+    memo = ScoreMemo(tmp_path, "k1")
+    scores, seconds = memo.scores(["aa", "b", "aa"], slow_length)
+    assert scores.tolist() == [2.0, 1.0, 2.0] and sorted(calls) == ["aa", "b"]
+    assert seconds >= 0.03  # three texts read, each charged what scoring it cost
+    again, seconds_again = ScoreMemo(tmp_path, "k1").scores(["b", "ccc"], slow_length)
+    assert again.tolist() == [1.0, 3.0] and sorted(calls) == ["aa", "b", "ccc"]
+    assert seconds_again >= 0.02
+    _, _ = ScoreMemo(tmp_path, "k2").scores(["b"], slow_length)  # another defence: its own memo
+    assert calls.count("b") == 2
+
+
+def test_onion_is_fitted_once_for_the_grid_and_scores_each_text_once(tmp_path, tiny_bert, toy_csv):
+    from peftshield.models.tiny_lm import build_tiny_llama
+
+    lm = str(build_tiny_llama(tmp_path / "lm", seed=0))
+    grid = small_grid(tiny_bert, toy_csv, defenses=[{"name": "onion", "lm": lm, "batch_size": 16}])
+    results = tmp_path / "results"
+    assert run_cli(["run", write_grid(tmp_path, grid), "--results", str(results), "--quiet"]) == 0
+    rows = rows_by_cell(results)
+    assert len(rows) == 2 and all("error" not in r for r in rows.values())
+    onion_builds = [k for (kind, k) in built_counts(results) if kind == "defense"]
+    assert len(onion_builds) == 1  # one fitting serves the clean and the poisoned backbone
+    memo = json.loads((results / "artifacts" / "scores" / f"{onion_builds[0]}.json").read_text())
+    by = {r["attack"]: r for r in rows.values()}
+    # Distinct texts: the clean test split (shared) and the BadNets-triggered copies (read twice:
+    # by the control's "badnets" set and by the BadNets cell), each scored and stored once.
+    assert len(memo) == by["none"]["n_clean"] + by["badnets"]["n_triggered"]
+    assert by["none"]["by_attack"]["badnets"]["auroc"] == pytest.approx(by["badnets"]["auroc"])
+    assert all(r["overhead_ratio"] > 1.0 for r in rows.values())

@@ -143,6 +143,7 @@ class DefenseEntry:
     params: dict[str, Any] = field(default_factory=dict)
     needs_victim: bool = False
     needs_scan: bool = False
+    text_only_scores: bool = False
 
 
 @dataclass(frozen=True)
@@ -597,6 +598,7 @@ def _defense(where: str, item: dict[str, Any], w: _Where) -> DefenseEntry:
         params=params,
         needs_victim=adapter.needs_victim,
         needs_scan=adapter.needs_scan,
+        text_only_scores=adapter.text_only_scores,
     )
 
 

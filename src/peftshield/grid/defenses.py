@@ -19,6 +19,10 @@ it is registered. Give it an explicit entry when it needs something else.
   the resolved parameters (so it is part of the cache key) and a refusal, before any cell runs, of
   a word that is one of the triggers of an attack in the grid: inserting the trigger itself as
   the perturbation measures that coincidence, not RAP (see :mod:`peftshield.defenses.rap`).
+- ``onion`` (Qi et al., EMNLP 2021): the registered detector, calibrated on the held-out texts;
+  its score comes from a causal LM alone, so one fitting serves the whole grid and each text's
+  score is memoised across cells (:mod:`peftshield.grid.scorememo`), its measured cost charged
+  to every cell that reads it.
 
 Grid defaults: thresholds are calibrated at 5 % FRR on clean held-out data (DESIGN.md's shared
 policy), so detectors are compared at the same false-rejection budget; the papers' fixed
@@ -85,7 +89,9 @@ class DefenseAdapter:
     and the scores from ONE pass (a monitor shares the victim's forward pass), which is what the
     overhead measurement times; ``check_attack(params, triggers)``, when given, raises a
     :class:`~peftshield.errors.PeftshieldError` for parameters that cannot be measured against an
-    attack inserting the strings ``triggers`` (called by the grid's validation for every attack).
+    attack inserting the strings ``triggers`` (called by the grid's validation for every attack);
+    ``text_only_scores``: the score of a text depends on the text alone, so the grid memoises it
+    across cells (:mod:`peftshield.grid.scorememo`).
     """
 
     name: str
@@ -100,6 +106,7 @@ class DefenseAdapter:
     joint: Callable[[Any, list[str]], tuple[Any, Any]] | None = None
     uses: tuple[str, ...] = field(default=("clean_train",))
     check_attack: Callable[[dict[str, Any], Sequence[str]], None] | None = None
+    text_only_scores: bool = False
 
     def resolve(self, given: dict[str, Any], where: str) -> dict[str, Any]:
         """The defaults under ``given``; unknown or reserved keys and bad values raise, naming ``where``."""
@@ -333,6 +340,12 @@ def registered_adapter(name: str, *, fit_data: str | None = None) -> DefenseAdap
     )
 
 
+def _onion() -> DefenseAdapter:
+    """ONION: calibrated on the held-out texts (200 suffice at 5 % FRR; every text costs an LM pass
+    per word), its victim-independent scores memoised across cells."""
+    return dataclasses.replace(registered_adapter("onion", fit_data="heldout"), text_only_scores=True)
+
+
 def _psim() -> DefenseAdapter:
     return DefenseAdapter(
         name="psim",
@@ -370,6 +383,7 @@ DEFENSES: dict[str, Callable[[], DefenseAdapter]] = {
     "psim": _psim,
     "monitor": _monitor,
     "rap": _rap,
+    "onion": _onion,
 }
 
 

@@ -23,7 +23,10 @@ SCAN_STEP_SECONDS = 0.5
 TEXT_SECONDS = 0.004
 LOAD_SECONDS = 5.0  # loading and saving models around each stage (measured: 4-5 s of CPU on minilm)
 #: Forward passes per scored text, per detector (STRIP perturbs each text several times).
-SCORE_PASSES = {"psim": 1.0, "monitor": 0.0, "strip": 5.0, "rap": 2.0, "onion": 12.0}
+SCORE_PASSES = {"psim": 1.0, "monitor": 0.0, "strip": 5.0, "rap": 2.0}
+#: Seconds per text of a detector whose cost does not depend on the backbone: ONION runs SmolLM2
+#: once per word of the text (0.6-0.8 texts/s measured on one thread, defenses/onion.py).
+TEXT_ONLY_SECONDS = {"onion": 1.4}
 
 
 def _rows(size: int | None, cap: int | None, share: float) -> int:
@@ -86,35 +89,53 @@ def stage_seconds(
                 LOAD_SECONDS
                 + (steps * STEP_SECONDS.get(method, 0.6) * batch / 32 + 0.2 * n_train * TEXT_SECONDS) * scale
             )
+        if name in TEXT_ONLY_SECONDS:
+            return LOAD_SECONDS + n_held * TEXT_ONLY_SECONDS[name]
         return LOAD_SECONDS + n_held * TEXT_SECONDS * scale * max(1.0, SCORE_PASSES.get(name, 1.0))
     return LOAD_SECONDS
 
 
-def evaluation_seconds(cell: Any, n_triggers_by_set: list[tuple[int, bool]]) -> float:
+def evaluation_seconds(
+    cell: Any, trigger_sets: list[tuple[str, int, bool]], memoised: set[tuple[str, str]] | None = None
+) -> float:
     """Rough seconds of a cell's evaluation: victim and detector passes over clean and triggered texts.
 
-    ``n_triggers_by_set`` holds ``(number of triggers, task_specific)`` per trigger set.
+    ``trigger_sets`` holds ``(attack, number of triggers, task_specific)`` per trigger set. For a
+    defence with text-only scores, the text sets (clean, or one attack's triggered texts) already
+    in ``memoised`` cost no detector time (:mod:`peftshield.grid.scorememo`); this cell's sets are
+    added to it.
     """
-    size = cell.corpus.size
-    n_test = _rows(size, cell.sizes["max_eval"], 0.2)
-    texts = n_test
-    for n_triggers, task_specific in n_triggers_by_set:
-        texts += n_triggers * (n_test // 2 if task_specific else n_test)
-    passes = (1.0 if cell.victim is not None else 0.0) + (
-        0.0 if cell.defense.name == "none" else max(1.0, SCORE_PASSES.get(cell.defense.name, 1.0))
-    )
-    return LOAD_SECONDS + texts * passes * TEXT_SECONDS * cell.backbone.scale
+    n_test = _rows(cell.corpus.size, cell.sizes["max_eval"], 0.2)
+    name = cell.defense.name
+    sets = [("clean", n_test)] + [
+        (attack, n_triggers * (n_test // 2 if task_specific else n_test))
+        for attack, n_triggers, task_specific in trigger_sets
+    ]
+    texts = sum(n for _, n in sets)
+    seconds = LOAD_SECONDS + (texts * TEXT_SECONDS * cell.backbone.scale if cell.victim is not None else 0.0)
+    if name == "none":
+        return seconds
+    if name not in TEXT_ONLY_SECONDS:
+        passes = max(1.0, SCORE_PASSES.get(name, 1.0))
+        return seconds + texts * passes * TEXT_SECONDS * cell.backbone.scale
+    memoised = set() if memoised is None else memoised
+    key = cell.defense_stage.key if cell.defense_stage is not None else name
+    for text_set, n in sets:
+        if (key, text_set) not in memoised:
+            memoised.add((key, text_set))
+            seconds += n * TEXT_ONLY_SECONDS[name]
+    return seconds
 
 
-def cell_trigger_counts(cell: Any) -> list[tuple[int, bool]]:
-    """``(n_triggers, task_specific)`` per trigger set the cell is evaluated with (from the configs)."""
+def cell_trigger_sets(cell: Any) -> list[tuple[str, int, bool]]:
+    """``(attack, n_triggers, task_specific)`` per trigger set the cell is evaluated with."""
     from peftshield.attacks.config import attack_config
 
     if cell.attack.name == "none":
         sets = cell.evaluation["trigger_sets"]
-        return [(len(s["triggers"]), s["kind"] == "task-specific") for s in sets]
+        return [(s["attack"], len(s["triggers"]), s["kind"] == "task-specific") for s in sets]
     config = attack_config(cell.attack.name, cell.attack.recipe)
-    return [(len(config.make_triggers()), config.kind == "task-specific")]
+    return [(cell.attack.label, len(config.make_triggers()), config.kind == "task-specific")]
 
 
 def plan_costs(cells: list[Any], built: set[str], done: set[str]) -> dict[str, float]:
@@ -124,6 +145,7 @@ def plan_costs(cells: list[Any], built: set[str], done: set[str]) -> dict[str, f
     of finished cells (left out).
     """
     seen = set(built)
+    memoised: set[tuple[str, str]] = set()
     out: dict[str, float] = {}
     for cell in cells:
         if cell.id in done:
@@ -135,6 +157,6 @@ def plan_costs(cells: list[Any], built: set[str], done: set[str]) -> dict[str, f
             seen.add(stage.key)
             poison_size = cell.attack.corpus.size if cell.attack.corpus is not None else None
             total += stage_seconds(stage, cell.backbone.scale, cell.corpus.size, poison_size)
-        total += evaluation_seconds(cell, cell_trigger_counts(cell))
+        total += evaluation_seconds(cell, cell_trigger_sets(cell), memoised)
         out[cell.id] = total
     return out

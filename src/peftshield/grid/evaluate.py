@@ -48,13 +48,18 @@ class TriggerSet:
 
 @dataclass
 class LoadedDefense:
-    """A fitted defence ready to score: its adapter, the detector (``None`` when inactive) and labels."""
+    """A fitted defence ready to score: its adapter, the detector (``None`` when inactive) and labels.
+
+    ``memo``: a :class:`~peftshield.grid.scorememo.ScoreMemo` for a defence whose scores do not
+    depend on the victim (each text is scored once per grid; its measured cost is still charged).
+    """
 
     name: str
     adapter: Any
     detector: Any
     threshold: str | float | None
     inactive: str | None = None
+    memo: Any = None
 
     @property
     def threshold_value(self) -> float:
@@ -106,6 +111,10 @@ def _defense_pass(
     if defense.detector is None:  # inactive: nothing is scored, inference is undefended
         timer.guarded += victim_seconds
         return np.zeros(len(texts))
+    if defense.memo is not None:
+        scores, seconds = defense.memo.scores(texts, defense.detector.score)
+        timer.guarded += seconds + victim_seconds
+        return scores
     start = time.perf_counter()
     if defense.adapter.joint is not None:
         _, scores = defense.adapter.joint(defense.detector, texts)

@@ -176,8 +176,12 @@ def defense_stage(
     sizes: dict[str, Any],
     seed: int,
 ) -> Stage:
-    """The fitting of ``defense``: keyed by exactly what it reads (see the module docstring)."""
-    inputs = {"backbone": backbone_key}
+    """The fitting of ``defense``: keyed by exactly what it reads (see the module docstring).
+
+    A defence whose scores depend on the text alone (ONION's LM) reads no model of the cell, so
+    one fitting serves every backbone and victim.
+    """
+    inputs = {} if defense.text_only_scores else {"backbone": backbone_key}
     if defense.needs_victim:
         assert victim is not None
         inputs = {"victim": victim.key}

@@ -255,9 +255,10 @@ def _run_chain(cell: Cell, store: ArtifactStore, device: Any) -> tuple[dict[str,
     return paths, entries
 
 
-def _load_defense(cell: Cell, folder: str, backbone: str, victim: Any, device: Any) -> Any:
+def _load_defense(cell: Cell, folder: str, backbone: str, victim: Any, device: Any, results: Path) -> Any:
     from peftshield.grid.defenses import LoadInputs, get_adapter, threshold_label
     from peftshield.grid.evaluate import LoadedDefense
+    from peftshield.grid.scorememo import ScoreMemo
     from peftshield.utils.io import read_json
 
     adapter = get_adapter(cell.defense.name)
@@ -267,7 +268,10 @@ def _load_defense(cell: Cell, folder: str, backbone: str, victim: Any, device: A
         reason = read_json(inactive).get("inactive", "inactive")
         return LoadedDefense(cell.defense.name, adapter, None, label, inactive=reason)
     detector = adapter.load(Path(folder), LoadInputs(backbone=backbone, victim=victim, device=str(device)))
-    return LoadedDefense(cell.defense.name, adapter, detector, label)
+    memo = None
+    if adapter.text_only_scores and cell.defense_stage is not None:
+        memo = ScoreMemo(results, cell.defense_stage.key)
+    return LoadedDefense(cell.defense.name, adapter, detector, label, memo=memo)
 
 
 def _summary_fields(entries: dict[str, Any]) -> dict[str, Any]:
@@ -344,7 +348,7 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
             victim = load_tuned(paths["victim"], device=device, backbone=paths["backbone"])
         defense = None
         if paths["defense"] is not None:
-            defense = _load_defense(cell, paths["defense"], paths["backbone"], victim, device)
+            defense = _load_defense(cell, paths["defense"], paths["backbone"], victim, device, results)
         if cell.poison is not None:
             sets = [trigger_set_from_record(cell.attack.label, read_poison_record(paths["backbone"]))]
         else:
