@@ -506,26 +506,43 @@ def _check_scan(settings: dict[str, Any], where: str, w: _Where, base: Path) -> 
 # Attacks, methods, defences
 
 
+def _is_none_entry(item: dict[str, Any], where: str, w: _Where) -> bool:
+    """Whether ``item`` is the ``none`` entry of its axis (which takes a label and nothing else)."""
+    if item["name"] != NONE:
+        return False
+    _check_keys(item, ("name", "label"), where, w)
+    return True
+
+
+def _require_known(what: str, name: str, known: Any, where: str, w: _Where) -> None:
+    """Fail naming ``where`` unless ``name`` is ``none`` or one of ``known`` (with a suggestion)."""
+    choices = (NONE, *[k for k in known if k != NONE])
+    if name not in choices:
+        raise w.fail(
+            where, f"unknown {what} {name!r}{_suggest(name, choices)}; choose one of {', '.join(choices)}"
+        )
+
+
+def _config(make: Any, name: str, value: Any, what: str, where: str, w: _Where) -> Any:
+    """``make(name, value)`` for an entry's config mapping; a bad mapping fails naming ``where``."""
+    value = value or {}
+    if not isinstance(value, dict):
+        raise w.fail(where, f"must be a mapping of {what} config keys")
+    try:
+        return make(name, value)
+    except PeftshieldError as err:
+        raise w.fail(where, str(err)) from None
+
+
 def _attack(where: str, item: dict[str, Any], w: _Where, base: Path) -> AttackEntry:
     from peftshield.attacks.config import ATTACKS, attack_config
 
-    name = item["name"]
-    if name == NONE:
-        _check_keys(item, ("name", "label"), where, w)
+    if _is_none_entry(item, where, w):
         return AttackEntry(label=item.get("label") or NONE, name=NONE)
+    name = item["name"]
     _check_keys(item, ("name", "label", "recipe", "corpus", "text_column", "label_column"), where, w)
-    if name not in ATTACKS:
-        choices = (NONE, *ATTACKS)
-        raise w.fail(
-            where, f"unknown attack {name!r}{_suggest(name, choices)}; choose one of {', '.join(choices)}"
-        )
-    recipe = item.get("recipe") or {}
-    if not isinstance(recipe, dict):
-        raise w.fail(f"{where}.recipe", "must be a mapping of attack config keys")
-    try:
-        config = attack_config(name, recipe)
-    except PeftshieldError as err:
-        raise w.fail(f"{where}.recipe", str(err)) from None
+    _require_known("attack", name, ATTACKS, where, w)
+    config = _config(attack_config, name, item.get("recipe"), "attack", f"{where}.recipe", w)
     task_specific = config.kind == "task-specific"
     corpus = _corpus_ref(
         item.get("corpus") or type(config).default_corpus,
@@ -544,23 +561,12 @@ def _attack(where: str, item: dict[str, Any], w: _Where, base: Path) -> AttackEn
 def _method(where: str, item: dict[str, Any], w: _Where) -> MethodEntry:
     from peftshield.tuning.config import METHODS, method_config
 
-    name = item["name"]
-    if name == NONE:
-        _check_keys(item, ("name", "label"), where, w)
+    if _is_none_entry(item, where, w):
         return MethodEntry(label=item.get("label") or NONE, name=NONE)
+    name = item["name"]
     _check_keys(item, ("name", "label", "config", "head"), where, w)
-    if name not in METHODS:
-        choices = (NONE, *METHODS)
-        raise w.fail(
-            where, f"unknown method {name!r}{_suggest(name, choices)}; choose one of {', '.join(choices)}"
-        )
-    overrides = item.get("config") or {}
-    if not isinstance(overrides, dict):
-        raise w.fail(f"{where}.config", "must be a mapping of method config keys")
-    try:
-        config = method_config(name, overrides)
-    except PeftshieldError as err:
-        raise w.fail(f"{where}.config", str(err)) from None
+    _require_known("method", name, METHODS, where, w)
+    config = _config(method_config, name, item.get("config"), "method", f"{where}.config", w)
     head = item.get("head", "auto")
     if head not in HEADS:
         raise w.fail(f"{where}.head", f"must be one of {', '.join(HEADS)}, got {head!r}")
@@ -578,17 +584,12 @@ def _trigger_strings(attack: AttackEntry) -> tuple[str, ...]:
 
 
 def _defense(where: str, item: dict[str, Any], w: _Where) -> DefenseEntry:
-    from peftshield.grid.defenses import defense_names, get_adapter
+    from peftshield.grid.defenses import ALIASES, defense_names, get_adapter
 
-    name = item["name"]
-    if name == NONE:
-        _check_keys(item, ("name", "label"), where, w)
+    if _is_none_entry(item, where, w):
         return DefenseEntry(label=item.get("label") or NONE, name=NONE)
-    names = defense_names()
-    if name not in names and name not in ("lmsanitator",):
-        raise w.fail(
-            where, f"unknown defence {name!r}{_suggest(name, names)}; choose one of {', '.join(names)}"
-        )
+    name = item["name"]
+    _require_known("defence", name, (*defense_names(), *ALIASES), where, w)
     adapter = get_adapter(name)
     given = {k: v for k, v in item.items() if k not in ("name", "label")}
     params = adapter.resolve(given, f"{w.source}: {where}")
