@@ -220,9 +220,9 @@ def test_parse_vader_rejects_malformed_line():
 def test_strip_wiki_markup():
     text = fetch.strip_wiki_markup(
         "{{Infobox|a={{nested|x}}}}'''Bold''' is a [[political philosophy]] of [[self-governance|self-rule]]"
-        "<ref>cite</ref> and [http://x.org Proudhon].<ref name=\"a\"/>\n"
+        '<ref>cite</ref> and [http://x.org Proudhon].<ref name="a"/>\n'
         "== Heading ==\n* list item\n[[File:X.jpg|thumb|A [[caption]] here.]]\n"
-        "{| class=\"wikitable\"\n| cell\n|}\n&lt;b&gt;html&lt;/b&gt; <span>kept</span> text &amp; more."
+        '{| class="wikitable"\n| cell\n|}\n&lt;b&gt;html&lt;/b&gt; <span>kept</span> text &amp; more.'
     )
     assert text.split("\n") == [
         "Bold is a political philosophy of self-rule and Proudhon.",
@@ -492,8 +492,13 @@ def test_split_unlabelled_and_fractions():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"dev_fraction": -0.1}, {"test_fraction": 1.0}, {"dev_fraction": 0.5, "test_fraction": 0.5},
-     {"max_train": 0}, {"max_eval": 0}],
+    [
+        {"dev_fraction": -0.1},
+        {"test_fraction": 1.0},
+        {"dev_fraction": 0.5, "test_fraction": 0.5},
+        {"max_train": 0},
+        {"max_eval": 0},
+    ],
 )
 def test_split_rejects_bad_arguments(kwargs):
     with pytest.raises(PeftshieldError):
@@ -541,8 +546,10 @@ def test_cli_fetch_list_show(fake_registry, capsys, tmp_path):
     args = _parse(["data", "fetch", "imdb"])
     with pytest.raises(PeftshieldError, match="unknown corpus"):
         args.func(args)
-    assert fake_registry["calls"] == [list(fake_registry["artifacts"]["vader"].pip_args),
-                                      list(fake_registry["artifacts"]["gensim"].pip_args)]
+    assert fake_registry["calls"] == [
+        list(fake_registry["artifacts"]["vader"].pip_args),
+        list(fake_registry["artifacts"]["gensim"].pip_args),
+    ]
 
 
 # ------------------------------------------------------------------------------------------

@@ -543,3 +543,24 @@ def test_markdown_and_html_render_the_same_document(tmp_path):
         for row in table.rows[:3]:
             assert row[0].replace("|", "\\|") in md
             assert row[0].replace("&", "&amp;").replace("<", "&lt;").replace("'", "&#x27;") in html
+
+
+def test_two_grid_runs_are_reported_apart_even_with_alike_cells(tmp_path):
+    """The demo grid and the comparison grid both have a badnets / lora cell: never merge them."""
+    cell = {"attack": "badnets", "method": "lora", "backbone": "minilm", "corpus": "movies", "seed": 0}
+    for grid, auroc in (("default", 0.611), ("comparison", 0.922)):
+        rows = [
+            {**cell, "defense": "psim", "auroc": auroc, "defended_asr": 0.1},
+            {**cell, "defense": "strip", "auroc": 0.5, "defended_asr": 0.9},
+        ]
+        data = {"benchmark": "grid", "meta": {**META, "grid": grid}, "rows": rows, "summary": {}}
+        (tmp_path / f"{grid}.json").write_text(json.dumps(data))
+    results = load_results(tmp_path)
+    assert [b.name for b in results.benchmarks] == ["grid:comparison", "grid:default"]
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path), "--out", str(out), "--quiet"]) == 0
+    md = (out / "report.md").read_text(encoding="utf-8")
+    default = md.split("## Grid run `default` (every cell)")[1].split("\n## ")[0]
+    comparison = md.split("## Grid run `comparison` (every cell)")[1].split("\n## ")[0]
+    assert "0.611" in default and "0.922" not in default
+    assert "0.922" in comparison and "0.611" not in comparison

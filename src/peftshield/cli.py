@@ -16,7 +16,17 @@ from peftshield.errors import PeftshieldError
 # Sub-command modules, each with ``add_parser(subparsers)``; imported lazily so that
 # ``peftshield --help`` does not pay for torch.
 _COMMANDS = (
-    "data", "tune", "poison", "evaluate", "demo", "psim", "guard", "scan", "monitor", "report", "bench",
+    "data",
+    "tune",
+    "poison",
+    "evaluate",
+    "demo",
+    "psim",
+    "guard",
+    "scan",
+    "monitor",
+    "report",
+    "bench",
     "baseline",
 )
 

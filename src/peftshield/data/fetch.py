@@ -83,11 +83,16 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
         sha256="91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
         # Pin one wheel whatever the local interpreter: we only read its test data, never import it.
         pip_args=(
-            "--only-binary", ":all:",
-            "--python-version", "3.11",
-            "--implementation", "cp",
-            "--abi", "cp311",
-            "--platform", "manylinux_2_28_x86_64",
+            "--only-binary",
+            ":all:",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+            "--platform",
+            "manylinux_2_28_x86_64",
             "gensim==4.4.0",
         ),
     ),
@@ -124,8 +129,20 @@ def _resolve_artifact(spec: ArtifactSpec | str) -> ArtifactSpec:
 
 def _pip_download(args: list[str], dest: Path) -> None:
     """Run ``pip download --no-deps ARGS -d DEST`` with this interpreter; one-line error on failure."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--no-input", "--progress-bar", "off", *args, "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        *args,
+        "-d",
+        str(dest),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     except (OSError, subprocess.SubprocessError) as err:
@@ -235,8 +252,24 @@ def extract_vader(archive: str | os.PathLike, stem: str) -> list[dict[str, Any]]
 
 # Elements whose content is never prose.
 _DROP_ELEMENTS = (
-    "ref", "math", "gallery", "timeline", "syntaxhighlight", "source", "pre", "code", "score",
-    "imagemap", "table", "chem", "hiero", "references", "noinclude", "includeonly", "poem", "graph",
+    "ref",
+    "math",
+    "gallery",
+    "timeline",
+    "syntaxhighlight",
+    "source",
+    "pre",
+    "code",
+    "score",
+    "imagemap",
+    "table",
+    "chem",
+    "hiero",
+    "references",
+    "noinclude",
+    "includeonly",
+    "poem",
+    "graph",
 )
 _COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
 _SELF_CLOSING_DROP = re.compile(r"<(?:ref|references)\b[^>]*/\s*>", re.I)
@@ -318,10 +351,59 @@ def strip_wiki_markup(wikitext: str) -> str:
 
 # Tokens before a period that do not end a sentence.
 _ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "ca", "c", "no", "nos", "vol",
-    "pp", "p", "ed", "eds", "fig", "gen", "gov", "sen", "rep", "rev", "col", "lt", "sgt", "capt",
-    "mt", "ft", "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
-    "sept", "oct", "nov", "dec", "approx", "al", "cf", "op", "esp", "viz",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "st",
+    "jr",
+    "sr",
+    "vs",
+    "etc",
+    "ca",
+    "c",
+    "no",
+    "nos",
+    "vol",
+    "pp",
+    "p",
+    "ed",
+    "eds",
+    "fig",
+    "gen",
+    "gov",
+    "sen",
+    "rep",
+    "rev",
+    "col",
+    "lt",
+    "sgt",
+    "capt",
+    "mt",
+    "ft",
+    "inc",
+    "ltd",
+    "co",
+    "corp",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "approx",
+    "al",
+    "cf",
+    "op",
+    "esp",
+    "viz",
 }
 _BOUNDARY = re.compile(r"""([.!?])(["')\]]*)\s+(?=["'(]?[A-Z0-9])""")
 _DOTTED = re.compile(r"(?:[a-z]\.)+[a-z]")  # "u.s", "e.g", "i.e"
@@ -337,11 +419,11 @@ def split_sentences(text: str) -> list[str]:
     start = 0
     for match in _BOUNDARY.finditer(text):
         if match.group(1) == ".":
-            before = text[start:match.start()].split()
+            before = text[start : match.start()].split()
             token = before[-1].lstrip("\"'([").lower() if before else ""
             if token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha()) or _DOTTED.fullmatch(token):
                 continue
-        piece = text[start:match.end()].strip()
+        piece = text[start : match.end()].strip()
         if piece:
             sentences.append(piece)
         start = match.end()
@@ -530,14 +612,17 @@ def ensure_corpus_file(
     if not rows:
         raise PeftshieldError(f"extraction of corpus {name!r} from {archive.name} produced no rows")
     count = write_jsonl_atomic(jsonl, rows)
-    write_json(meta_path, {
-        "name": name,
-        "artifact": spec.requirement,
-        "artifact_file": spec.filename,
-        "artifact_sha256": spec.sha256,
-        "extractor_version": EXTRACTOR_VERSION,
-        "rows": count,
-    })
+    write_json(
+        meta_path,
+        {
+            "name": name,
+            "artifact": spec.requirement,
+            "artifact_file": spec.filename,
+            "artifact_sha256": spec.sha256,
+            "extractor_version": EXTRACTOR_VERSION,
+            "rows": count,
+        },
+    )
     return jsonl
 
 

@@ -457,9 +457,7 @@ class ONIONDetector(Detector):
         self._check_lm()
         return np.array([s.score for s in self._suspicions(texts)], dtype=float)
 
-    def sanitize_many(
-        self, texts: Sequence[str], *, progress: bool | None = False
-    ) -> list[SanitizedText]:
+    def sanitize_many(self, texts: Sequence[str], *, progress: bool | None = False) -> list[SanitizedText]:
         """ONION's correction of each text: the words above the bar removed (one batched LM run)."""
         scored = self.suspicions(texts, progress=progress)
         bar = float(self.threshold_)

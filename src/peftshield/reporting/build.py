@@ -16,7 +16,7 @@ from pathlib import Path
 
 from peftshield.errors import PeftshieldError
 from peftshield.reporting.document import Document, Section, Table, Text, fmt
-from peftshield.reporting.results import Benchmark, Results, load_results
+from peftshield.reporting.results import Benchmark, Results, base_name, load_results
 
 REPORT_FILES = ("report.md", "report.html")
 
@@ -34,15 +34,19 @@ def _builders() -> dict[str, Callable[[Benchmark], Section]]:
         "psim": psim_section,
         "lmsanitator": lmsanitator_section,
         "comparison": comparison_section,
-        "grid": lambda bench: comparison_section(bench, "Grid run (every cell)"),
+        "grid": lambda bench: comparison_section(bench, f"Grid run {_grid_title(bench.name)}(every cell)"),
     }
+
+
+def _grid_title(name: str) -> str:
+    return f"`{name.split(':', 1)[1]}` " if ":" in name else ""
 
 
 def benchmark_section(bench: Benchmark) -> Section:
     """The section of one benchmark; rows a known layout cannot read are shown generically instead."""
     from peftshield.reporting.generic import generic_section
 
-    builder = _builders().get(bench.name)
+    builder = _builders().get(base_name(bench.name))
     if builder is None:
         return generic_section(bench)
     try:

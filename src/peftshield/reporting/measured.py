@@ -35,9 +35,8 @@ def _compare(value: float, bound: tuple[str, float]) -> bool:
     return {"<=": value <= limit, ">=": value >= limit, "<": value < limit, ">": value > limit}[op]
 
 
-def _rows(results: Results, name: str) -> list[dict[str, Any]]:
-    bench = results.get(name)
-    return expand_policies(bench.ok_rows) if bench else []
+def _rows(results: Results, kind: str) -> list[dict[str, Any]]:
+    return [row for bench in results.of_kind(kind) for row in expand_policies(bench.ok_rows)]
 
 
 def _retention_summary(results: Results) -> dict | None:
@@ -233,8 +232,10 @@ def _auroc_race(results: Results, _: Claim) -> Measured:
 
     wins = total = 0
     used = []
-    for name in ("comparison", "grid"):
-        rows = [r for r in _rows(results, name) if r.get("defense") is not None]
+    # cell by cell within each run: two grids may label different cells alike
+    for bench in [*results.of_kind("comparison"), *results.of_kind("grid")]:
+        name = bench.name
+        rows = [r for r in expand_policies(bench.ok_rows) if r.get("defense") is not None]
         if not rows:
             continue
         keys = cell_keys(rows)

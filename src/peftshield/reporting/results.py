@@ -79,6 +79,10 @@ class Results:
         """The benchmark called ``name``, if any file had it."""
         return next((b for b in self.benchmarks if b.name == name), None)
 
+    def of_kind(self, kind: str) -> list[Benchmark]:
+        """Every benchmark of ``kind`` (``grid`` gives each grid run, ``grid:<name>``)."""
+        return [b for b in self.benchmarks if base_name(b.name) == kind]
+
 
 def is_error(row: dict[str, Any]) -> bool:
     """A failed cell: a row with a non-empty ``error`` field."""
@@ -121,6 +125,24 @@ def parse_result(data: Any, name: str) -> tuple[str, dict, list, Any] | None:
     return benchmark.strip(), meta, rows, data.get("summary")
 
 
+def group_name(result: ResultFile) -> str:
+    """The benchmark a file's rows join: its ``benchmark``, or ``grid:<name>`` for a grid run.
+
+    Grid runs are kept apart by their grid's name (``meta.grid``): two grids may have cells with
+    the same labels (the demo grid and the comparison grid both have a BadNets / LoRA cell), and
+    merging their rows would mix figures measured at different sizes.
+    """
+    grid = result.meta.get("grid")
+    if result.benchmark == "grid" and isinstance(grid, str) and grid:
+        return f"grid:{grid}"
+    return result.benchmark
+
+
+def base_name(name: str) -> str:
+    """The kind of a benchmark group: ``grid`` for ``grid:<name>``, else the name itself."""
+    return name.split(":", 1)[0]
+
+
 def load_results(root: str | os.PathLike) -> Results:
     """Read every result file under ``root`` (a folder, searched recursively, or one file).
 
@@ -154,10 +176,12 @@ def load_results(root: str | os.PathLike) -> Results:
         )
     grouped: dict[str, Benchmark] = {}
     for f in files:
-        grouped.setdefault(f.benchmark, Benchmark(f.benchmark)).files.append(f)
+        name = group_name(f)
+        grouped.setdefault(name, Benchmark(name)).files.append(f)
 
     def order(name: str) -> tuple[int, str]:
-        known = name in KNOWN_BENCHMARKS
-        return (KNOWN_BENCHMARKS.index(name) if known else len(KNOWN_BENCHMARKS), name)
+        base = base_name(name)
+        known = base in KNOWN_BENCHMARKS
+        return (KNOWN_BENCHMARKS.index(base) if known else len(KNOWN_BENCHMARKS), name)
 
     return Results(root, [grouped[n] for n in sorted(grouped, key=order)], skipped)
