@@ -223,6 +223,15 @@ def test_a_model_without_a_readable_embedding_matrix_is_refused():
 # ------------------------------------------------------------------------------------- scan
 
 
+@pytest.mark.parametrize(
+    "bad", [{"attempts": 0}, {"attempts": True}, {"max_total_steps": 1.5}, {"max_total_steps": "9"}]
+)
+def test_scan_budgets_must_be_positive_integers(tiny_bert, bad):
+    name = next(iter(bad))
+    with pytest.raises(PeftshieldError, match=f"{name} must be a positive integer"):
+        scan(tiny_bert, mining_texts(), **bad)
+
+
 def test_scan_recovers_a_planted_pv(por_tiny, por_scan):
     from peftshield.attacks.record import load_pvs as true_pvs
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from peftshield.defenses.base import check_texts
-from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_positive
 
 from .monitor import PVMonitor
 
@@ -86,10 +86,8 @@ class Purger:
     """
 
     def __init__(self, monitor: PVMonitor, max_rounds: int = 3, max_words: int = 64) -> None:
-        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
-            raise PeftshieldError(f"max_rounds must be a positive integer, got {max_rounds!r}")
-        if isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1:
-            raise PeftshieldError(f"max_words must be a positive integer, got {max_words!r}")
+        require_positive("", "max_rounds", max_rounds, integer=True)
+        require_positive("", "max_words", max_words, integer=True)
         self.monitor = monitor
         self.max_rounds = max_rounds
         self.max_words = max_words

@@ -28,6 +28,7 @@ from peftshield.errors import PeftshieldError
 from peftshield.models.backbones import LoadedBackbone, fingerprint, load_backbone
 from peftshield.utils.io import atomic_dir, read_json, write_json
 from peftshield.utils.runinfo import run_metadata
+from peftshield.utils.validate import require_positive
 
 from .filtering import FilterThresholds
 from .measures import sign_agreement
@@ -152,10 +153,9 @@ def scan(
     """
     from tqdm.auto import tqdm
 
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise PeftshieldError(f"attempts must be a positive integer, got {attempts!r}")
-    if max_total_steps is not None and max_total_steps < 1:
-        raise PeftshieldError(f"max_total_steps must be a positive integer, got {max_total_steps!r}")
+    require_positive("", "attempts", attempts, integer=True)
+    if max_total_steps is not None:
+        require_positive("", "max_total_steps", max_total_steps, integer=True)
     config = config or MiningConfig()
     thresholds = thresholds or FilterThresholds()
     backbone = model if isinstance(model, LoadedBackbone) else load_backbone(model, pooling=pooling)
