@@ -525,20 +525,22 @@ def test_score_memo_scores_each_distinct_text_once_and_charges_its_cost(tmp_path
 
     calls: list[str] = []
 
-    def slow_length(texts: list[str]) -> np.ndarray:
+    def slow_length(texts: list[str]) -> tuple[np.ndarray, list[str]]:
         calls.extend(texts)
         time.sleep(0.01 * len(texts))
-        return np.array([float(len(t)) for t in texts])
+        return np.array([float(len(t)) for t in texts]), [t.upper() for t in texts]
 
     memo = ScoreMemo(tmp_path, "k1")
-    scores, seconds = memo.scores(["aa", "b", "aa"], slow_length)
-    assert scores.tolist() == [2.0, 1.0, 2.0] and sorted(calls) == ["aa", "b"]
-    assert seconds >= 0.03  # three texts read, each charged what scoring it cost
-    again, seconds_again = ScoreMemo(tmp_path, "k1").scores(["b", "ccc"], slow_length)
-    assert again.tolist() == [1.0, 3.0] and sorted(calls) == ["aa", "b", "ccc"]
+    scores, cleaned, seconds = memo.lookup(["aa", "b", "aa"], slow_length)
+    assert scores.tolist() == [2.0, 1.0, 2.0] and cleaned == ["AA", "B", "AA"]
+    assert sorted(calls) == ["aa", "b"]
+    assert seconds >= 0.03  # three texts read, each charged what computing it cost
+    again, cleaned, seconds_again = ScoreMemo(tmp_path, "k1").lookup(["b", "ccc"], slow_length)
+    assert again.tolist() == [1.0, 3.0] and cleaned == ["B", "CCC"] and sorted(calls) == ["aa", "b", "ccc"]
     assert seconds_again >= 0.02
-    _, _ = ScoreMemo(tmp_path, "k2").scores(["b"], slow_length)  # another defence: its own memo
-    assert calls.count("b") == 2
+    plain = ScoreMemo(tmp_path, "k2")  # another defence has its own memo; a detector cleans nothing
+    scores, cleaned, _ = plain.lookup(["b"], lambda texts: (slow_length(texts)[0], None))
+    assert calls.count("b") == 2 and scores.tolist() == [1.0] and cleaned is None
 
 
 def test_onion_is_fitted_once_for_the_grid_and_scores_each_text_once(tmp_path, tiny_bert, toy_csv):
@@ -559,3 +561,8 @@ def test_onion_is_fitted_once_for_the_grid_and_scores_each_text_once(tmp_path, t
     assert len(memo) == by["none"]["n_clean"] + by["badnets"]["n_triggered"]
     assert by["none"]["by_attack"]["badnets"]["auroc"] == pytest.approx(by["badnets"]["auroc"])
     assert all(r["overhead_ratio"] > 1.0 for r in rows.values())
+    # ONION is also measured as the correction defence it is: the victim reads the cleaned texts
+    for row in (by["badnets"], by["none"]):
+        assert 0.0 <= row["corrected_cacc"] <= 1.0
+    assert 0.0 <= by["badnets"]["corrected_asr"] <= 1.0
+    assert 0.0 <= by["none"]["by_attack"]["badnets"]["corrected_asr"] <= 1.0

@@ -265,6 +265,8 @@ def fixture_results(root: Path) -> Path:
                 "auroc": 0.6,
                 "defended_cacc": 0.7,
                 "defended_asr": 0.5,
+                "corrected_cacc": 0.7321,
+                "corrected_asr": 0.4321,
                 "overhead_ratio": 30.0,
             },
         ],
@@ -364,6 +366,7 @@ def test_report_shows_the_measured_numbers(report):
         "baseline rap AUROC 0.970",  # the cell a baseline wins is named
         "Our detectors' AUROC is above every baseline's in 1 of 2 cells.",
         "0.777",  # grid cell from a sub-folder
+        "0.432",  # ONION as a correction defence (corrected ASR)
         "1.500",  # unknown benchmark, generic table
         "92.8% over 960 models",  # a claim, with our figure beside it
         "accuracy 66.7% over 6 models",

@@ -619,7 +619,7 @@ def evaluate_onion(
     row: dict[str, Any] = {"cacc": m.accuracy(pred_c, y_c), "defended_cacc": m.accuracy(sc.pred, y_c)}
     if target is not None:
         row["asr"] = m.attack_success_rate(pred_t, y_t, target)
-        row["defended_asr"] = m.attack_success_rate(st.pred, y_t, target)
+        row["defended_asr"] = m.corrected_asr(pred_c, y_c, st.pred, y_t, target)
     else:
         if len(y_t) != n_triggers * len(y_c) or not np.array_equal(y_t, np.tile(y_c, n_triggers)):
             raise PeftshieldError(
@@ -627,7 +627,7 @@ def evaluate_onion(
                 f"order ({len(y_c)} clean, {len(y_t)} triggered, {n_triggers} trigger(s))"
             )
         row["asr_lms"] = m.attack_success_rate_lms(pred_c, y_c, pred_t.reshape(n_triggers, -1))
-        row["defended_asr_lms"] = m.attack_success_rate_lms(pred_c, y_c, st.pred.reshape(n_triggers, -1))
+        row["defended_asr_lms"] = m.corrected_asr(pred_c, y_c, st.pred, y_t, None, n_triggers)
     threshold = float(onion.threshold_)
     detection = m.detection_metrics(sc.scores, st.scores, threshold)
     for key in ("frr", "far", "precision", "recall", "f1"):

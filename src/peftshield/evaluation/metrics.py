@@ -155,6 +155,27 @@ def per_trigger_asr_lms(clean_pred: ArrayLike, labels: ArrayLike, triggered_pred
     return np.mean(t[:, correct] != c[None, correct], axis=1).astype(float)
 
 
+def corrected_asr(
+    clean_pred: ArrayLike,
+    labels: ArrayLike,
+    corrected_triggered: ArrayLike,
+    triggered_labels: ArrayLike,
+    target: Any,
+    n_triggers: int = 1,
+) -> float:
+    """ASR after a correction defence (ONION: the victim reads the cleaned triggered text).
+
+    Nothing is rejected, so the plain conventions apply to the predictions on the cleaned texts:
+    with a ``target``, :func:`attack_success_rate` (PSIM / OpenBackdoor); with ``target=None``,
+    :func:`attack_success_rate_lms` against the victim's labels on the uncleaned clean texts
+    (``corrected_triggered`` holds ``n_triggers`` blocks of the clean set, in the clean order).
+    """
+    fixed = _vector(corrected_triggered, "corrected_triggered")
+    if target is not None:
+        return attack_success_rate(fixed, triggered_labels, target)
+    return attack_success_rate_lms(clean_pred, labels, fixed.reshape(n_triggers, -1))
+
+
 def defended_accuracy(pred: ArrayLike, labels: ArrayLike, rejected: ArrayLike) -> float:
     """Defended CACC: a rejected clean input counts as WRONG (``defended_cacc``).
 

@@ -91,7 +91,9 @@ class DefenseAdapter:
     :class:`~peftshield.errors.PeftshieldError` for parameters that cannot be measured against an
     attack inserting the strings ``triggers`` (called by the grid's validation for every attack);
     ``text_only_scores``: the score of a text depends on the text alone, so the grid memoises it
-    across cells (:mod:`peftshield.grid.scorememo`).
+    across cells (:mod:`peftshield.grid.scorememo`); ``correct(detector, texts)``, for a
+    correction defence, returns the scores and the cleaned texts the victim should read instead
+    (the grid then also reports ``corrected_cacc`` / ``corrected_asr``).
     """
 
     name: str
@@ -107,6 +109,7 @@ class DefenseAdapter:
     uses: tuple[str, ...] = field(default=("clean_train",))
     check_attack: Callable[[dict[str, Any], Sequence[str]], None] | None = None
     text_only_scores: bool = False
+    correct: Callable[[Any, list[str]], tuple[Any, list[str]]] | None = None
 
     def resolve(self, given: dict[str, Any], where: str) -> dict[str, Any]:
         """The defaults under ``given``; unknown or reserved keys and bad values raise, naming ``where``."""
@@ -340,10 +343,19 @@ def registered_adapter(name: str, *, fit_data: str | None = None) -> DefenseAdap
     )
 
 
+def _onion_correct(detector: Any, texts: list[str]) -> tuple[Any, list[str]]:
+    import numpy as np
+
+    done = detector.sanitize_many(texts)
+    return np.array([d.score for d in done], dtype=float), [d.text for d in done]
+
+
 def _onion() -> DefenseAdapter:
-    """ONION: calibrated on the held-out texts (200 suffice at 5 % FRR; every text costs an LM pass
-    per word), its victim-independent scores memoised across cells."""
-    return dataclasses.replace(registered_adapter("onion", fit_data="heldout"), text_only_scores=True)
+    """ONION: calibrated on the held-out texts (every text costs an LM pass per word), measured
+    both as a detector and as the correction defence it is, its text-only scores memoised."""
+    return dataclasses.replace(
+        registered_adapter("onion", fit_data="heldout"), text_only_scores=True, correct=_onion_correct
+    )
 
 
 def _psim() -> DefenseAdapter:

@@ -12,6 +12,9 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
   LMSanitator convention, also under ``asr_lms``), ``defended_cacc``, ``defended_asr`` (a rejected
   clean input counts as wrong, a rejected triggered input as blocked), ``frr``, ``far``,
   ``precision``, ``recall``, ``f1``, ``auroc`` of the defence's score;
+- ``corrected_cacc``, ``corrected_asr`` (a correction defence, ONION): the victim's CACC and ASR
+  on the texts the defence cleaned, nothing rejected (:func:`~peftshield.evaluation.metrics.corrected_asr`),
+  beside its figures as a detector;
 - ``overhead_ratio``: wall time of guarded inference over undefended inference on the same texts
   (detector pass plus victim pass; one shared pass for a monitor, which reads the victim's own
   forward pass);
@@ -103,26 +106,45 @@ def _victim_pass(victim: Any, texts: list[str], timer: _Timer) -> np.ndarray | N
 
 def _defense_pass(
     defense: LoadedDefense | None, texts: list[str], victim_seconds: float, timer: _Timer
-) -> np.ndarray | None:
-    """Scores of ``texts``; adds the guarded time (detector + victim, or one joint pass)."""
+) -> tuple[np.ndarray | None, list[str] | None]:
+    """Scores of ``texts`` and, for a correction defence, the cleaned texts; adds the guarded time.
+
+    Guarded time = detector + victim, or one joint pass; a memoised defence is charged each text's
+    measured cost (:mod:`peftshield.grid.scorememo`).
+    """
     if defense is None:
         timer.guarded += victim_seconds
-        return None
+        return None, None
     if defense.detector is None:  # inactive: nothing is scored, inference is undefended
         timer.guarded += victim_seconds
-        return np.zeros(len(texts))
+        return np.zeros(len(texts)), None
+    adapter, detector = defense.adapter, defense.detector
+
+    def compute(batch: list[str]) -> tuple[Any, list[str] | None]:
+        if adapter.correct is not None:
+            return adapter.correct(detector, batch)
+        return detector.score(batch), None
+
     if defense.memo is not None:
-        scores, seconds = defense.memo.scores(texts, defense.detector.score)
+        scores, cleaned, seconds = defense.memo.lookup(texts, compute)
         timer.guarded += seconds + victim_seconds
-        return scores
+        return scores, cleaned
     start = time.perf_counter()
-    if defense.adapter.joint is not None:
-        _, scores = defense.adapter.joint(defense.detector, texts)
+    if adapter.joint is not None:
+        _, scores = adapter.joint(detector, texts)
+        cleaned = None
         timer.guarded += time.perf_counter() - start
     else:
-        scores = defense.detector.score(texts)
+        scores, cleaned = compute(texts)
         timer.guarded += time.perf_counter() - start + victim_seconds
-    return np.asarray(scores, dtype=float)
+    return np.asarray(scores, dtype=float), cleaned
+
+
+def _corrected_pass(victim: Any, cleaned: list[str] | None) -> np.ndarray | None:
+    """The victim's labels on a correction defence's cleaned texts (``None`` when there are none)."""
+    if victim is None or cleaned is None:
+        return None
+    return victim.predict_logits(cleaned).argmax(axis=-1)
 
 
 def _batch(pred: np.ndarray, scores: np.ndarray | None, defense: LoadedDefense | None) -> Any:
@@ -190,6 +212,7 @@ def _measure_set(
     defense: LoadedDefense | None,
     pred_c: np.ndarray | None,
     s_c: np.ndarray | None,
+    fixed_c: np.ndarray | None,
     seed: int,
     timer: _Timer,
 ) -> dict[str, Any]:
@@ -205,7 +228,8 @@ def _measure_set(
     y_t = np.asarray([e.label for e in triggered])
     before = timer.victim
     pred_t = _victim_pass(victim, texts_t, timer)
-    s_t = _defense_pass(defense, texts_t, timer.victim - before, timer)
+    s_t, cleaned_t = _defense_pass(defense, texts_t, timer.victim - before, timer)
+    fixed_t = _corrected_pass(victim, cleaned_t)
     agnostic = tset.target is None
     row: dict[str, Any] = {
         "kind": tset.kind,
@@ -231,6 +255,11 @@ def _measure_set(
         row.update(metrics)
     else:
         row.update({"n_clean": len(test), "n_triggered": len(triggered)})
+    if pred_c is not None and fixed_c is not None and fixed_t is not None:
+        row["corrected_cacc"] = m.accuracy(fixed_c, y_c)
+        row["corrected_asr"] = m.corrected_asr(
+            pred_c, y_c, fixed_t, y_t, tset.target, n_triggers=len(tset.triggers)
+        )
     if s_c is not None and s_t is not None:
         if pred_c is None:
             detection = m.detection_metrics(s_c, s_t, defense.threshold_value if defense else 0.0)
@@ -271,10 +300,19 @@ def evaluate_cell(
     texts_c = [e.text for e in test]
     y_c = np.asarray([e.label for e in test])
     pred_c = _victim_pass(victim, texts_c, timer)
-    s_c = _defense_pass(defense, texts_c, timer.victim, timer)
+    s_c, cleaned_c = _defense_pass(defense, texts_c, timer.victim, timer)
+    fixed_c = _corrected_pass(victim, cleaned_c)
     per_set = {
         tset.attack: _measure_set(
-            tset, test, victim=victim, defense=defense, pred_c=pred_c, s_c=s_c, seed=seed, timer=timer
+            tset,
+            test,
+            victim=victim,
+            defense=defense,
+            pred_c=pred_c,
+            s_c=s_c,
+            fixed_c=fixed_c,
+            seed=seed,
+            timer=timer,
         )
         for tset in sets
     }
@@ -293,6 +331,8 @@ def evaluate_cell(
         if pred_c is not None:
             row["cacc"] = m.accuracy(pred_c, y_c)
             row["defended_cacc"] = m.defended_accuracy(pred_c, y_c, rejected)
+            if fixed_c is not None:
+                row["corrected_cacc"] = m.accuracy(fixed_c, y_c)
         row["frr"] = float(rejected.mean())
         for key in ("asr", "asr_lms", "defended_asr", "far", "auroc"):
             row[key] = None

@@ -7,9 +7,11 @@ corpus sees the same clean test texts, and the cells of one attack see the same 
 (:mod:`peftshield.grid.evaluate`), so without a memo a grid scores most texts many times over.
 
 :class:`ScoreMemo` keeps, per fitted defence (the key of its defence stage, so a change of LM or
-parameter is a different memo), ``{sha256(text): [score, seconds]}`` in
-``DIR/artifacts/scores/<key>.json``. A cell scores only the texts the memo lacks, in chunks saved
-as they finish (a killed run keeps every finished chunk), and reads the rest.
+parameter is a different memo), ``{sha256(text): [score, seconds, cleaned]}`` in
+``DIR/artifacts/scores/<key>.json``, where ``cleaned`` is what a correction defence hands the
+victim instead of the text (ONION's text without the words above its bar, from the same LM pass;
+null for a pure detector). A cell computes only the texts the memo lacks, in chunks saved as they
+finish (a killed run keeps every finished chunk), and reads the rest.
 
 Timing stays honest: ``seconds`` is what the text cost when it was scored (its chunk's wall time
 shared evenly over the chunk), and the cell's guarded time adds those seconds for every text it
@@ -64,13 +66,14 @@ class ScoreMemo:
             table.update(new)
             write_json(self.path, table)
 
-    def scores(
-        self, texts: Sequence[str], score: Callable[[list[str]], np.ndarray]
-    ) -> tuple[np.ndarray, float]:
-        """``(scores of texts, seconds they cost)``: memoised texts are read, the others scored.
+    def lookup(
+        self, texts: Sequence[str], compute: Callable[[list[str]], tuple[np.ndarray, list[str] | None]]
+    ) -> tuple[np.ndarray, list[str] | None, float]:
+        """``(scores, cleaned texts or None, seconds they cost)``: memoised texts are read, others computed.
 
-        ``score(texts)`` is the detector's scoring function; each distinct missing text is scored
-        once, CHUNK texts at a time, and the memo is saved after every chunk.
+        ``compute(texts)`` returns the defence's scores and, for a correction defence, the cleaned
+        texts (else ``None``); each distinct missing text is computed once, CHUNK texts at a time,
+        and the memo is saved after every chunk.
         """
         keys = [text_key(t) for t in texts]
         table = self._read()
@@ -82,10 +85,16 @@ class ScoreMemo:
         for start in range(0, len(pending), CHUNK):
             chunk = pending[start : start + CHUNK]
             began = time.perf_counter()
-            values = np.asarray(score([text for _, text in chunk]), dtype=float)
+            values, cleaned = compute([text for _, text in chunk])
             each = (time.perf_counter() - began) / len(chunk)
-            new = {key: [float(v), each] for (key, _), v in zip(chunk, values, strict=True)}
+            fixed = cleaned if cleaned is not None else [None] * len(chunk)
+            new = {
+                key: [float(v), each, c]
+                for (key, _), v, c in zip(chunk, np.asarray(values, dtype=float), fixed, strict=True)
+            }
             self._merge(new)
             table.update(new)
         found = np.array([table[k][0] for k in keys], dtype=float)
-        return found, float(sum(table[k][1] for k in keys))
+        seconds = float(sum(table[k][1] for k in keys))
+        texts_out = [table[k][2] for k in keys]
+        return found, (None if any(t is None for t in texts_out) else texts_out), seconds

@@ -146,6 +146,21 @@ def comparison_section(bench: Benchmark, title: str | None = None) -> Section:
         table = rows_table(detector_rows, columns, "Every detector on every cell")
         if table is not None:
             section.blocks.append(table)
+        corrected = [r for r in detector_rows if number(r.get("corrected_asr")) is not None]
+        table = rows_table(
+            corrected,
+            [
+                Column("cell", lambda r: cell_label(r, keys)),
+                Column("defence", "defense"),
+                Column("CACC", "cacc"),
+                Column("corrected CACC", "corrected_cacc"),
+                Column("ASR (no defence)", asr_of),
+                Column("corrected ASR", "corrected_asr"),
+            ],
+            "Correction defences (ONION): the victim reads the cleaned text, nothing is rejected",
+        )
+        if table is not None:
+            section.blocks.append(table)
         pivot, notes = auroc_table(detector_rows, keys)
         if pivot is not None:
             section.blocks.append(pivot)
