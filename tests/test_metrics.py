@@ -10,6 +10,7 @@ from peftshield.evaluation.metrics import (
     attack_success_rate_lms,
     auroc,
     calibrate_threshold,
+    corrected_asr,
     defended_accuracy,
     defended_asr,
     defended_asr_lms,
@@ -53,6 +54,19 @@ def test_asr_lms_by_hand():
     np.testing.assert_allclose(per_trigger_asr_lms(clean, labels, triggered), [0.25, 0.25, 0.25])
     # A 1-D array is one trigger.
     assert attack_success_rate_lms(clean, labels, triggered[0]) == pytest.approx(0.25)
+
+
+def test_corrected_asr_by_hand():
+    # PSIM convention: the victim's labels on the cleaned triggered texts (non-target rows only).
+    labels = [0, 1, 1, 1]
+    fixed = [0, 0, 1, 1]  # target 0: eligible rows 1, 2, 3; still sent to 0 at row 1 -> 1/3
+    assert corrected_asr(None, None, fixed, labels, target=0) == pytest.approx(1 / 3)
+    # LMSanitator convention: against the labels on the UNcleaned clean texts, two triggers in blocks.
+    clean_labels = [0, 1, 1]
+    clean_pred = [0, 1, 0]  # rows 0, 1 correct
+    fixed_blocks = [0, 0, 0, 1, 1, 1]  # trigger A flips row 1; trigger B flips row 0 -> 2/2
+    assert corrected_asr(clean_pred, clean_labels, fixed_blocks, clean_labels * 2, None, 2) == 1.0
+    assert corrected_asr(clean_pred, clean_labels, [0, 1, 1, 0, 1, 1], clean_labels * 2, None, 2) == 0.0
 
 
 def test_defended_accuracy_by_hand():
