@@ -194,6 +194,8 @@ def fixture_results(root: Path) -> Path:
         {"model": "clean-1", "label": "clean", "verdict": "clean", "seconds": 180.0},
         {"model": "clean-2", "label": "clean", "verdict": "backdoored", "seconds": 95.0},
     ]
+    # the victim tier's search-mode rescan of a zoo model: not one more zoo model
+    search = [{"cell": "search-scan", "model": "por-s1", "label": "backdoored", "verdict": "backdoored"}]
     victims = [
         {
             "attack": "por",
@@ -214,7 +216,7 @@ def fixture_results(root: Path) -> Path:
             "overhead_ratio": 1.044,
         },
     ]
-    put("lmsanitator.json", "lmsanitator", zoo + victims)
+    put("lmsanitator.json", "lmsanitator", zoo + search + victims)
     cell_a = {"backbone": "minilm", "attack": "badnets", "method": "lora"}
     cell_b = {"backbone": "minilm", "attack": "por", "method": "prefix"}
     put(

@@ -39,7 +39,14 @@ def _norm(value: Any) -> str | None:
 
 
 def is_zoo_row(row: dict[str, Any]) -> bool:
-    """A scanned model: it has a ground-truth ``label`` and a ``verdict``."""
+    """A scanned zoo model: a ground-truth ``label`` and a ``verdict``, in no other tier's ``cell``.
+
+    The benchmark's search-mode scans of the victim tier (``cell: search-scan``) have a label and a
+    verdict too, but they rescan zoo models: counting them would count those models twice.
+    """
+    cell = row.get("cell")
+    if cell is not None and cell != "zoo":
+        return False
     return "verdict" in row and _norm(row.get("label")) is not None
 
 

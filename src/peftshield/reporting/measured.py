@@ -143,7 +143,8 @@ def _overhead(bench_names: tuple[str, ...], defense: str | None) -> Callable[[Re
         for name in bench_names:
             rows = _rows(results, name)
             if defense is not None and name in ("comparison", "grid"):
-                rows = [r for r in rows if r.get("defense") == defense]
+                # an inactive defence (a monitor with no PV to watch) costs nothing by construction
+                rows = [r for r in rows if r.get("defense") == defense and not r.get("inactive")]
             found = [v for v in (number(r.get("overhead_ratio")) for r in rows) if v is not None]
             if found:
                 values += found
