@@ -41,7 +41,7 @@ CELLS_DIR = "cells"
 LOG_DIR = "log"
 STAGE_LOG = "stages.jsonl"
 RUN_LOG = "run.log"
-_LOCKS = ".locks"
+LOCKS_DIR = ".locks"
 
 
 def digest(data: Any, length: int = 16) -> str:
@@ -217,7 +217,7 @@ class ArtifactStore:
         if self.is_built(stage):
             self.log.write("reused", kind=stage.kind, key=stage.key, name=stage.name, cell=cell)
             return final / payload, self.record(stage), False
-        with file_lock(self.root / _LOCKS / f"{stage.kind}-{stage.key}.lock"):
+        with file_lock(self.root / LOCKS_DIR / f"{stage.kind}-{stage.key}.lock"):
             if self.is_built(stage):  # another worker built it while this one waited
                 self.log.write("reused", kind=stage.kind, key=stage.key, name=stage.name, cell=cell)
                 return final / payload, self.record(stage), False
@@ -261,7 +261,7 @@ class ArtifactStore:
         if not self.root.is_dir():
             return 0
         for kind_dir in self.root.iterdir():
-            if not kind_dir.is_dir() or kind_dir.name == _LOCKS:
+            if not kind_dir.is_dir() or kind_dir.name == LOCKS_DIR:
                 continue
             for entry in kind_dir.iterdir():
                 if entry.name.startswith(".") and entry.name.endswith((".partial", ".old")):

@@ -26,10 +26,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from peftshield.grid.cache import _LOCKS, ARTIFACTS_DIR, file_lock
+from peftshield.grid.cache import ARTIFACTS_DIR, LOCKS_DIR, file_lock
 
 SCORES_DIR = "scores"
 #: Texts scored between two saves of the memo (a killed run loses at most one chunk).
@@ -47,9 +48,9 @@ class ScoreMemo:
     def __init__(self, results: str | Path, defense_key: str) -> None:
         root = Path(results) / ARTIFACTS_DIR
         self.path = root / SCORES_DIR / f"{defense_key}.json"
-        self.lock = root / _LOCKS / f"scores-{defense_key}.lock"
+        self.lock = root / LOCKS_DIR / f"scores-{defense_key}.lock"
 
-    def _read(self) -> dict[str, list[float]]:
+    def _read(self) -> dict[str, list[Any]]:
         if not self.path.is_file():
             return {}
         try:
@@ -57,7 +58,7 @@ class ScoreMemo:
         except json.JSONDecodeError:  # cannot happen with atomic writes; start over rather than fail
             return {}
 
-    def _merge(self, new: dict[str, list[float]]) -> None:
+    def _merge(self, new: dict[str, list[Any]]) -> None:
         """Add ``new`` entries under the memo's lock (another worker may have added its own)."""
         from peftshield.utils.io import write_json
 
