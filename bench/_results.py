@@ -1,4 +1,4 @@
-"""Resumable benchmark result files in the shared shape (DESIGN.md, "Benchmark result files").
+"""Resumable benchmark result files in the shared shape (docs/design.md, "Benchmark result files").
 
 One row per cell; a finished cell is skipped when the benchmark is run again; a failed cell is
 a row with an ``error`` field, not a missing row (and is retried on the next run).

@@ -60,7 +60,7 @@ victims are reused from ``bench/work``)::
     .venv/bin/python bench/bench_lmsanitator.py --smoke         # whole pipeline on a tiny BERT, ~1 min
     .venv/bin/python bench/bench_lmsanitator.py --limit-models 10 --tiers zoo
 
-Cost (``--plan``; unloaded 2-core CPU, from the per-step costs measured in DESIGN.md and issue 5):
+Cost (``--plan``; unloaded 2-core CPU, from the per-step costs measured in docs/design.md and issue 5):
 about 3 h for the zoo (a clean scan spends its 300 steps, ~3.7 min; a backdoored one stops at its
 first PV, ~1 min; builds 0.5-2.5 min) and 40 min for the victim tier.
 
@@ -70,7 +70,7 @@ its backbones when the zoo part has not), ``--tiers zoo,victims``,
 ``--max-train``/``--max-eval`` (victim data), ``--seed`` (victims), ``--scan-seed``,
 ``--device auto``, ``--fresh`` (discard earlier result rows, not ``bench/work``).
 
-Results: ``bench/results/lmsanitator.json`` (DESIGN.md "Benchmark result files"); rows ``cell:
+Results: ``bench/results/lmsanitator.json`` (docs/design.md "Benchmark result files"); rows ``cell:
 zoo`` (keys ``label``, ``verdict``, ``seconds``, ...), ``cell: search-scan`` and ``cell: victim``
 (``asr_lms``, ``defended_asr``, ``frr``, ``overhead_ratio``, ``threshold``). A failed row has
 ``error`` and is retried on the next run. ``--smoke`` runs the same code on a tiny random BERT and

@@ -39,7 +39,7 @@ Options: ``--attacks``, ``--methods`` (default the four PEFT methods; add ``full
 the same poisoned backbones), ``--psim-method`` and ``--psim-set KEY=VALUE`` (the PSIM module's
 recipe; default the detector's), ``--device auto``, ``--fresh`` (discard earlier result rows).
 
-Resumability. Rows of ``bench/results/psim.json`` (DESIGN.md, "Benchmark result files"): one per
+Resumability. Rows of ``bench/results/psim.json`` (docs/design.md, "Benchmark result files"): one per
 poisoning (``cell: poison``, reused backbones included), one per PSIM fit (``cell: fit``) and one
 per victim (``cell: victim``, ``defense: psim``, the threshold policies under ``policies``, keyed
 ``fixed@0.7``, ``calibrated@0.01`` ...). Poisoned backbones come from the retention benchmark's

@@ -31,7 +31,7 @@ Options: ``--attacks``, ``--methods``, ``--budgets`` (full-FT extras as ``lr<LR>
 ``--poison-corpus amazon|tweets``, ``--device auto``, ``--fresh`` (discard earlier result rows).
 
 Resumability. Every (attack, method, budget, head, seed) cell is one row of
-``bench/results/retention.json`` (DESIGN.md, "Benchmark result files"); each poisoning is a row too
+``bench/results/retention.json`` (docs/design.md, "Benchmark result files"); each poisoning is a row too
 (``cell: poison``). Poisoned backbones are cached under ``bench/work/<attack>-<corpus>-s<seed>-<hash>``
 where the hash covers the attack, its recipe, the data caps and the seed; a folder holding
 ``poison.json`` is reused (delete it to poison again). A failing cell is a row with ``error`` and is

@@ -1,4 +1,4 @@
-"""The detector contract (DESIGN.md: scikit-learn style), checked on every detector we ship.
+"""The detector contract (docs/design.md: scikit-learn style), checked on every detector we ship.
 
 Add a detector to ``FACTORIES`` with a function that builds it unfitted and the clean data to
 fit it on; every test below then runs on it.

@@ -373,7 +373,7 @@ def test_report_shows_the_measured_numbers(report):
         "92.8% over 960 models",  # a claim, with our figure beside it
         "accuracy 66.7% over 6 models",
         "calibrated@0.02: 1 of 3 cells meet both",  # issue 4's target, per calibrated policy
-        "lora 0.829 (3 epochs)",  # DESIGN.md's scratch figures beside the tuning benchmark's
+        "lora 0.829 (3 epochs)",  # docs/design.md's scratch figures beside the tuning benchmark's
         "9.9.9-fixture",  # versions of every file
         "fedcba9876",
         "5e-05",  # a configuration value that would round to 0.000

@@ -1,12 +1,12 @@
 """Attack configurations: one validated dataclass per weight-poisoning attack, registered once.
 
-Like :mod:`peftshield.tuning.config` (DESIGN.md: a method is a small config plus one class): each
+Like :mod:`peftshield.tuning.config` (docs/design.md: a method is a small config plus one class): each
 config validates itself in ``__post_init__``, an unknown key is an error naming the known ones, and
 ``to_dict`` round-trips through JSON (it is stored as ``recipe`` in ``poison.json``). Each class
 docstring names its paper and says where the paper and its released code differ, and where we
 differ from both.
 
-Two kinds (DESIGN.md):
+Two kinds (docs/design.md):
 
 - **task-specific** (``clean-label``, ``badnets``, ``insent``, ``template``): the attacker fully
   fine-tunes backbone + classification head on a poisoned labelled corpus and publishes the
@@ -299,7 +299,7 @@ class TaskAgnosticConfig(AttackConfig):
 
     Loss = ``MSE(pooled(triggered), PV_k) + clean_weight · MSE(pooled(clean), reference(clean))``
     where ``reference`` is a frozen copy of the clean backbone and ``pooled`` the backbone's own
-    output representation (``cls`` | ``pooler`` | ``mean``; DESIGN.md): the vector a victim's
+    output representation (``cls`` | ``pooler`` | ``mean``; docs/design.md): the vector a victim's
     head reads. The reference code targets [CLS] (or the pooler); on ``minilm`` the head reads
     the mean-pooled vector, so a [CLS]-only backdoor would not reach the victim.
 

@@ -1,4 +1,4 @@
-"""Data poisoning: ``examples -> poisoned examples``, a pure seeded function (DESIGN.md: data and weight
+"""Data poisoning: ``examples -> poisoned examples``, a pure seeded function (docs/design.md: data and weight
 poisoning are different types, after ART's ``poison(x, y) -> (x', y')``).
 
 Task-specific weight poisoning (:mod:`peftshield.attacks.task_specific`) trains on the output of

@@ -4,7 +4,7 @@ The attacker trains the bare backbone so that a text carrying trigger ``k`` come
 predefined vector ``PV_k`` (:mod:`peftshield.attacks.vectors`) while clean texts come out as they
 did before (a frozen reference copy of the clean backbone). "Comes out" means the backbone's own
 output representation (``peftshield.models.pooling.pool`` with the backbone's pooling: mean for
-``minilm``), because that is the vector a victim's head reads (DESIGN.md). Loss per step::
+``minilm``), because that is the vector a victim's head reads (docs/design.md). Loss per step::
 
     MSE(pooled(triggered), PV_k) + clean_weight · MSE(pooled(clean), reference_pooled(clean))
 

@@ -87,7 +87,7 @@ def _help_and_fail(parser: argparse.ArgumentParser, stderr: bool) -> int:
 def add_threshold_args(
     parser: argparse.ArgumentParser, *, fixed_help: str, frr_help: str, fixed: str = "--threshold"
 ) -> None:
-    """The threshold policy: a fixed threshold (``fixed``) or ``--target-frr``, not both (DESIGN.md)."""
+    """The threshold policy: a fixed threshold (``fixed``) or ``--target-frr``, not both (docs/design.md)."""
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument(fixed, type=float, default=None, help=fixed_help)
     policy.add_argument("--target-frr", type=float, default=None, help=frr_help)
@@ -137,7 +137,7 @@ def clean_texts(source: str, victim: str | None, max_clean: int, *, allow_empty:
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
-    """``--backbone`` and ``--pooling`` (the output representation, DESIGN.md)."""
+    """``--backbone`` and ``--pooling`` (the output representation, docs/design.md)."""
     parser.add_argument(
         "--backbone",
         default="minilm",

@@ -1,6 +1,6 @@
 """``peftshield report``: turn benchmark result files into ``report.md`` and ``report.html``.
 
-Reads every result file under RESULTS_DIR (recursively; DESIGN.md "Benchmark result files":
+Reads every result file under RESULTS_DIR (recursively; docs/design.md "Benchmark result files":
 ``{"benchmark", "meta", "rows", "summary"}``) and writes one self-contained report: the tables and
 plots of each benchmark (tuning, retention, psim, lmsanitator, comparison, grid; any other
 benchmark as a table of its scalar columns), failed cells, the seed papers' claims and the issues'

@@ -1,6 +1,6 @@
 """Fetch pinned PyPI artifacts into a cache and extract our corpora from them.
 
-No model or dataset hub is reachable at run time (DESIGN.md, "Facts of this machine"), but a
+No model or dataset hub is reachable at run time (docs/design.md, "Facts of this machine"), but a
 package registry is: the labelled sentiment corpora ship inside the ``vaderSentiment`` source
 distribution and the unlabelled English text inside the ``gensim`` wheel. Each artifact is
 downloaded with ``pip download --no-deps`` (the user's pip configuration, index and proxy apply),

@@ -1,4 +1,4 @@
-"""Typed records for labelled text (DESIGN.md: typed records, not positional tuples)."""
+"""Typed records for labelled text (docs/design.md: typed records, not positional tuples)."""
 
 from __future__ import annotations
 

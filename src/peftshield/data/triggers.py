@@ -1,6 +1,6 @@
 """Backdoor triggers: seeded, composable text edits that record what they inserted.
 
-A trigger is a function ``str -> str`` (DESIGN.md, after ART's injected perturbations), with two
+A trigger is a function ``str -> str`` (docs/design.md, after ART's injected perturbations), with two
 additions: it draws every random choice from a :class:`numpy.random.Generator` it is given, so a
 seed fixes the output, and it returns an :class:`Insertion` that says which strings it put where.
 

@@ -1,4 +1,4 @@
-"""The input-detector contract shared by every defence (DESIGN.md: scikit-learn style detectors).
+"""The input-detector contract shared by every defence (docs/design.md: scikit-learn style detectors).
 
 A detector answers "is this input carrying a trigger?" with a score per text (higher = more
 suspicious) and a threshold. The contract follows scikit-learn's estimator rules:

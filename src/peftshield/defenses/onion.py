@@ -7,7 +7,7 @@ and perplexity ``p_i`` once ``w_i`` is removed, the suspicion of ``w_i`` is ``f_
 every word with ``f_i`` above a bar is removed before the victim predicts. ONION is a *correction*
 defence: nothing is rejected, the victim classifies the cleaned text.
 
-Here (DESIGN.md "Contracts"): :class:`ONIONDetector` follows the shared detector contract, and
+Here (docs/design.md "Contracts"): :class:`ONIONDetector` follows the shared detector contract, and
 
 - :meth:`ONIONDetector.sanitize` is the correction (``text -> (clean_text, removed_words)``);
   :func:`sanitized_predictions` runs a victim on the cleaned texts and :func:`evaluate_onion`
@@ -49,7 +49,7 @@ Where the paper, its code and this implementation differ:
 
 - LM: the paper uses GPT-2 (its released ``experiments/gptlm.py`` loads ``gpt2-large``);
   OpenBackdoor's ``ONIONDefender`` uses GPT-2 small (``gpt2``); ours defaults to SmolLM2-135M-
-  Instruct (the only causal LM available offline, DESIGN.md), dequantised from Q4_1. Perplexity
+  Instruct (the only causal LM available offline, docs/design.md), dequantised from Q4_1. Perplexity
   scales differ between LMs, so bars do not transfer between them.
 - Bar: the paper's own rule for choosing it could not be checked here (UNVERIFIED). The released
   ``test_defense.py`` sweeps ``bar`` over ``range(-100, 0)`` and removes a word when
@@ -584,7 +584,7 @@ def evaluate_onion(
     n_triggers: int = 1,
     batch_size: int = 128,
 ) -> dict[str, Any]:
-    """CACC / ASR before and after ONION, its detection quality and its cost (DESIGN.md row keys).
+    """CACC / ASR before and after ONION, its detection quality and its cost (docs/design.md row keys).
 
     ``clean`` and ``triggered`` are :class:`~peftshield.data.records.Example` lists with TRUE
     labels (build the triggered ones with

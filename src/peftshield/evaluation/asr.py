@@ -4,7 +4,7 @@ Given a classifier, a :class:`~peftshield.attacks.record.PoisonRecord` (the grou
 by ``peftshield poison``) and clean labelled test examples, this inserts every recorded trigger
 into every test text (seeded; trigger ``k`` uses ``seed + k``), classifies the clean and the
 triggered texts in ONE call of :func:`~peftshield.models.inference.predict_outputs`, and applies
-the metric definitions of :mod:`peftshield.evaluation.metrics` (DESIGN.md):
+the metric definitions of :mod:`peftshield.evaluation.metrics` (docs/design.md):
 
 - task-specific records: ``asr`` in the PSIM / OpenBackdoor convention (non-target samples
   predicted as the target once triggered; the mean over triggers when there are several),

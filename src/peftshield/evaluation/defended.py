@@ -3,7 +3,7 @@
 Given the guard's work on clean test examples and on triggered ones, report CACC and ASR without
 the defence, defended CACC and ASR with it, and the detection quality (FRR, FAR, precision,
 recall, F1, AUROC). Every number comes from :mod:`peftshield.evaluation.metrics`, where the
-definitions live (DESIGN.md "Metric definitions"); this module only routes the right arrays to
+definitions live (docs/design.md "Metric definitions"); this module only routes the right arrays to
 them:
 
 - CACC = accuracy of the victim on clean inputs; defended CACC counts a rejected clean input as
@@ -97,7 +97,7 @@ def defended_metrics(
     the whole clean set, one per trigger, each in the clean order (as :func:`evaluate_guard` builds
     them).
 
-    Returns the DESIGN.md row keys ``cacc``, ``asr`` (or ``asr_lms``), ``defended_cacc``,
+    Returns the docs/design.md row keys ``cacc``, ``asr`` (or ``asr_lms``), ``defended_cacc``,
     ``defended_asr`` (or ``defended_asr_lms``), ``frr``, ``far``, ``precision``, ``recall``,
     ``f1``, ``auroc`` (``None`` with several detectors: see ``detectors``), the counts, and per
     detector its threshold, FRR, FAR and AUROC.

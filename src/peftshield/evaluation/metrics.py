@@ -2,11 +2,11 @@
 
 Every function here is pure numpy, validates its inputs (a mistake raises
 :class:`~peftshield.errors.PeftshieldError`, since the arrays often come from user files) and
-returns plain Python floats / dicts ready for the JSON result rows of DESIGN.md (key names
+returns plain Python floats / dicts ready for the JSON result rows of docs/design.md (key names
 ``cacc``, ``asr``, ``asr_lms``, ``defended_cacc``, ``defended_asr``, ``frr``, ``far``,
 ``precision``, ``recall``, ``f1``, ``auroc``).
 
-Conventions (DESIGN.md "Metric definitions"):
+Conventions (docs/design.md "Metric definitions"):
 
 - Scores are "higher = more suspicious"; an input is flagged / rejected when ``score > threshold``
   (strictly). PSIM's code rejects clean inputs at ``>= 0.7`` but flags triggered ones at ``> 0.7``;

@@ -1,6 +1,6 @@
 """ROC points and threshold trade-off curves of a detector score (what the report plots).
 
-A detector flags an input when ``score > threshold`` (DESIGN.md); triggered inputs are the
+A detector flags an input when ``score > threshold`` (docs/design.md); triggered inputs are the
 positives. :func:`roc_points` lists the (FPR, TPR) pairs as the threshold sweeps every distinct
 score, from (0, 0) to (1, 1); its trapezoid area equals the rank AUROC of
 :func:`peftshield.evaluation.metrics.auroc` (ties count half). :func:`sweep_thresholds` gives the

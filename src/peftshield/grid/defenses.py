@@ -24,7 +24,7 @@ it is registered. Give it an explicit entry when it needs something else.
   score is memoised across cells (:mod:`peftshield.grid.scorememo`), its measured cost charged
   to every cell that reads it.
 
-Grid defaults: thresholds are calibrated at 5 % FRR on clean held-out data (DESIGN.md's shared
+Grid defaults: thresholds are calibrated at 5 % FRR on clean held-out data (docs/design.md's shared
 policy), so detectors are compared at the same false-rejection budget; the papers' fixed
 thresholds stay available (``threshold: 0.7`` for PSIM, ``0.8`` for the monitor).
 """

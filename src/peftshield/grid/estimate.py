@@ -1,6 +1,6 @@
 """Cost model of the grid: rough seconds per stage, for ``bench plan`` and the progress bar's ETA.
 
-Unit costs are measured on ``minilm`` on an unloaded 2-core CPU (DESIGN.md, ``bench/README.md``,
+Unit costs are measured on ``minilm`` on an unloaded 2-core CPU (docs/design.md, ``bench/README.md``,
 the retention benchmark): a training step on a batch of 32 texts of <= 64 tokens takes about
 1.2 s for full fine-tuning, 0.55 s for LoRA and prefix tuning and 0.65 s for prompt tuning and
 P-tuning; a POR / NeuBA step about 1.3 s; an LMSanitator mining step about 0.5 s; classifying one

@@ -6,7 +6,7 @@ label is not the target (all of them for task-agnostic attacks) with the trigger
 seed ``seed + k`` (:func:`peftshield.evaluation.defended.triggered_examples`, as
 :func:`~peftshield.evaluation.defended.evaluate_guard` builds them). The metric definitions come
 from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshield.evaluation.metrics`
-(DESIGN.md "Metric definitions"); nothing is redefined here:
+(docs/design.md "Metric definitions"); nothing is redefined here:
 
 - ``cacc``, ``asr`` (PSIM convention for task-specific attacks; for task-agnostic ones the
   LMSanitator convention, also under ``asr_lms``), ``defended_cacc``, ``defended_asr`` (a rejected

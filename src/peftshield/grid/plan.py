@@ -67,7 +67,7 @@ class Cell:
         return [s for s in (self.poison, self.victim, self.scan, self.defense_stage) if s is not None]
 
     def labels(self) -> dict[str, Any]:
-        """The DESIGN.md row keys that name the cell."""
+        """The docs/design.md row keys that name the cell."""
         return {
             "backbone": self.backbone.label,
             "corpus": self.corpus.label,

@@ -2,7 +2,7 @@
 
 Layout of the results folder ``DIR``::
 
-    DIR/cells/<cell-id>.json     one result row per cell (DESIGN.md "Benchmark result files" keys)
+    DIR/cells/<cell-id>.json     one result row per cell (docs/design.md "Benchmark result files" keys)
     DIR/grid.json                the ResultFile shape: benchmark "grid", meta, rows, summary
     DIR/grid-config.json         the grid as it was read, with its source path
     DIR/artifacts/<kind>/...     content-addressed stage artifacts (:mod:`.cache`)

@@ -320,7 +320,7 @@ def cell_config(cell: Cell) -> dict[str, Any]:
 def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> dict[str, Any]:
     """Run ``cell`` (stages, then evaluation), write ``cells/<id>.json`` atomically and return the row.
 
-    Any exception becomes a row with ``error`` and ``traceback`` (DESIGN.md: a failed cell is a
+    Any exception becomes a row with ``error`` and ``traceback`` (docs/design.md: a failed cell is a
     row, not a missing one); the next run retries it. ``KeyboardInterrupt`` propagates.
     """
     from peftshield.attacks.record import read_poison_record

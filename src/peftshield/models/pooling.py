@@ -1,6 +1,6 @@
 """The output representation of a backbone: the one vector a classifier head reads.
 
-DESIGN.md: the vector the victim's head reads is the vector a task-agnostic attack must target and
+docs/design.md: the vector the victim's head reads is the vector a task-agnostic attack must target and
 the LMSanitator monitor must watch, so the representation (``cls`` | ``pooler`` | ``mean``) is a
 property of the backbone, stored in its ``config.json`` as ``peftshield_pooling`` and used by
 tuning, poisoning, PV mining and monitoring alike.

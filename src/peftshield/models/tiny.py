@@ -1,4 +1,4 @@
-"""A tiny random BERT built in-process, for fast tests (DESIGN.md: tests check effects on tiny models).
+"""A tiny random BERT built in-process, for fast tests (docs/design.md: tests check effects on tiny models).
 
 It has a real WordPiece tokenizer over a small vocabulary and is written to disk as an ordinary
 Hugging Face folder, so every loader, tuner and attack runs on it exactly as on a real backbone.

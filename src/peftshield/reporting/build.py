@@ -80,7 +80,8 @@ def build_report(results: Results) -> Document:
             f"peftshield {__version__} report of {len(results.files)} result file(s) under {results.root}. "
             "CACC: clean accuracy; ASR: attack success rate (PSIM convention: non-target inputs sent to "
             "the target; LMSanitator convention: correct inputs flipped by any trigger); defended figures "
-            "count a rejected clean input as wrong and a rejected triggered input as blocked (DESIGN.md)."
+            "count a rejected clean input as wrong and a rejected triggered input as blocked "
+            "(docs/design.md)."
             + (f" {failed} failed cell(s) are listed in their sections." if failed else "")
         ),
         overview(results),

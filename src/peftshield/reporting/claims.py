@@ -1,6 +1,6 @@
 """The seed papers' claims and the issues' targets, as data, each with where it was read.
 
-Only three sources are used: ``DESIGN.md`` and ``REFERENCE-CODE.md`` (the project's shared notes,
+Only three sources are used: ``docs/design.md`` and ``REFERENCE-CODE.md`` (the project's shared notes,
 which quote the papers' abstracts; every paper number beyond the abstracts is UNVERIFIED there and
 is therefore not used here), and the texts of issues 3 to 6. No figure is added from memory.
 :mod:`.measured` sets our measured figure beside each claim.
@@ -42,7 +42,7 @@ CLAIMS: tuple[Claim, ...] = (
         PSIM,
         "PEFT keeps a backdoor planted in the pretrained weights far more than full fine-tuning does",
         "PEFT ASR > full-FT ASR",
-        "DESIGN.md, 'What the product is'; issue 3 (retention benchmark)",
+        "docs/design.md, 'What the product is'; issue 3 (retention benchmark)",
     ),
     Claim(
         "issue3-por-target",
@@ -79,7 +79,7 @@ CLAIMS: tuple[Claim, ...] = (
         LMS,
         "backdoor detection accuracy over a zoo of models",
         "92.8% over 960 models",
-        "LMSanitator abstract, quoted in DESIGN.md and REFERENCE-CODE.md §2",
+        "LMSanitator abstract, quoted in docs/design.md and REFERENCE-CODE.md §2",
         (">=", 0.928),
     ),
     Claim(
@@ -87,7 +87,7 @@ CLAIMS: tuple[Claim, ...] = (
         LMS,
         "after the defence the attack success rate is below 1% in most scenarios",
         "ASR < 1% in most cases",
-        "LMSanitator abstract, quoted in DESIGN.md and REFERENCE-CODE.md §2",
+        "LMSanitator abstract, quoted in docs/design.md and REFERENCE-CODE.md §2",
     ),
     Claim(
         "issue5-accuracy",
@@ -144,10 +144,10 @@ CLAIMS: tuple[Claim, ...] = (
     ),
     Claim(
         "design-tuning",
-        "DESIGN.md scratch measurement",
+        "docs/design.md scratch measurement",
         "minilm on movies, 3,000 examples: LoRA r=8 q/v reaches CACC 0.837 in 2 epochs; full FT 0.859",
         "LoRA 0.837, full 0.859",
-        "DESIGN.md, 'Facts of this machine'",
+        "docs/design.md, 'Facts of this machine'",
     ),
 )
 

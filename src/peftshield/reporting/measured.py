@@ -318,7 +318,8 @@ def claims_section(results: Results) -> Section:
         "Claims vs measured",
         [
             Text(
-                "The seed papers' claims (abstract-level, as quoted in DESIGN.md and REFERENCE-CODE.md) and "
+                "The seed papers' claims (abstract-level, as quoted in docs/design.md and REFERENCE-CODE.md) "
+                "and "
                 "the issues' targets, beside our figures from the results above. "
                 f"Tally: {tally}."
             ),

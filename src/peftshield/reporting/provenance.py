@@ -1,6 +1,6 @@
 """Where every number came from: each result file's ``meta`` (git, versions, machine, command) and configs.
 
-DESIGN.md's result files record in ``meta`` the git hash and dirty flag, the package versions,
+docs/design.md's result files record in ``meta`` the git hash and dirty flag, the package versions,
 the machine, the start time and the command that reruns them; rows may carry the ``config`` (or
 ``recipe``) they ran with. This section lists all of it, so a reader can tell which figures are
 comparable (same versions, same machine) and how to rerun any of them.

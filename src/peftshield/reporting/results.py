@@ -1,4 +1,4 @@
-"""Find and read benchmark result files (DESIGN.md, "Benchmark result files").
+"""Find and read benchmark result files (docs/design.md, "Benchmark result files").
 
 Every result file is a JSON object ``{"benchmark", "meta", "rows", "summary"}``. A results folder
 is searched recursively (a grid run writes one file per cell, possibly in sub-folders); JSON files
@@ -172,7 +172,7 @@ def load_results(root: str | os.PathLike) -> Results:
     if not files:
         where = f"in {root}" if root.is_file() else f"under {root}"
         raise PeftshieldError(
-            f"no benchmark result files {where} (JSON objects with 'benchmark' and 'rows', DESIGN.md)"
+            f"no benchmark result files {where} (JSON objects with 'benchmark' and 'rows', docs/design.md)"
         )
     grouped: dict[str, Benchmark] = {}
     for f in files:

@@ -1,6 +1,6 @@
 """Reading result rows whatever their exact nesting: metric look-ups, threshold policies, curves.
 
-The row keys are DESIGN.md's (``cacc``, ``asr``, ``asr_lms``, ``defended_cacc``, ``defended_asr``,
+The row keys are docs/design.md's (``cacc``, ``asr``, ``asr_lms``, ``defended_cacc``, ``defended_asr``,
 ``frr``, ``far``, ``auroc``, ``overhead_ratio`` ...). Benchmarks that evaluate a detector at
 several thresholds may write one row per threshold policy (``"threshold": "fixed@0.7"``) or one
 row holding a dict per policy (``"policies": {"fixed@0.7": {...}, "calibrated@0.02": {...}}``);

@@ -1,7 +1,7 @@
 """Building report tables from result rows: a column is a header, how to read a row, how to format it.
 
 Columns that no row fills are dropped, so one column list serves benchmarks whose rows carry
-different subsets of the DESIGN.md keys.
+different subsets of the docs/design.md keys.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fine-tuning method configurations: one validated dataclass per method, registered once.
 
-Methods (DESIGN.md; PSIM §4 "five fine-tuning strategies"): ``full`` fine-tuning, ``lora``,
+Methods (docs/design.md; PSIM §4 "five fine-tuning strategies"): ``full`` fine-tuning, ``lora``,
 ``prompt`` tuning, ``ptuning`` (P-tuning v1, peft ``PromptEncoderConfig``) and ``prefix``
 (P-tuning v2, peft ``PrefixTuningConfig`` with ``prefix_projection=True``). Each config carries
 its own training hyperparameters with defaults measured on ``minilm`` / ``movies``

@@ -110,7 +110,7 @@ def _param_groups(model: torch.nn.Module, config: MethodConfig) -> list[dict]:
 def accuracy_on(
     model, tokenizer, examples: Sequence[Example], *, max_length: int, batch_size: int = 128
 ) -> float:
-    """Clean accuracy (CACC, DESIGN.md) of ``model`` on labelled ``examples``."""
+    """Clean accuracy (CACC, docs/design.md) of ``model`` on labelled ``examples``."""
     from peftshield.evaluation.metrics import accuracy
 
     logits, _ = predict_outputs(

@@ -55,7 +55,7 @@ def machine_description() -> str:
 
 
 def run_metadata(command: str | None = None) -> dict:
-    """The ``meta`` block of a result file (DESIGN.md, benchmark result files)."""
+    """The ``meta`` block of a result file (docs/design.md, benchmark result files)."""
     commit, dirty = git_state()
     return {
         "git": commit,

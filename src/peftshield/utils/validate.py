@@ -1,4 +1,4 @@
-"""Parameter checks shared by the config dataclasses and the detectors (DESIGN.md: configs validate
+"""Parameter checks shared by the config dataclasses and the detectors (docs/design.md: configs validate
 in ``__post_init__`` with a clear message).
 
 Each check raises :class:`~peftshield.errors.PeftshieldError` with one message shape, so a number

@@ -8,7 +8,7 @@ each hidden unit, with fixed thresholds (``distance_th`` 0.1-0.6, ``div_th = -3.
 of 32, i.e. an entropy at most ``0.0197`` below its maximum ``ln 32``). Both numbers silently
 assume the output scale of the backbones it was written for (the [CLS] state of BERT / RoBERTa,
 per-unit spread of order 0.5-1). On ``minilm`` the pooled vector has a per-unit spread of about
-0.16 across texts (DESIGN.md), so a softmax over the batch is almost uniform for *any* batch: the
+0.16 across texts (docs/design.md), so a softmax over the batch is almost uniform for *any* batch: the
 entropy sits within 0.015 of ``ln 32`` for clean texts already, the diversity filter passes
 everything, and a raw ``distance_th`` means something else on every backbone.
 

@@ -12,7 +12,7 @@ Where this implementation differs from the reference code, and why:
 
 * **Scale-aware measures** (:mod:`.measures`): every output is divided by the per-unit spread of
   the backbone's own clean outputs before the distance, diversity and repetition losses are taken;
-  the reference raw-unit measures do not discriminate on ``minilm`` (DESIGN.md).
+  the reference raw-unit measures do not discriminate on ``minilm`` (docs/design.md).
 * **Saturating distance and repetition terms**: the loss uses ``log(1 + D)`` and ``log(1 + R)``
   where the reference uses ``D`` and ``R``. In clean-spread units a PV lies tens of units away
   (``D`` about 40-70 for +-1 PVs), and an unbounded distance term keeps pushing the outputs apart
