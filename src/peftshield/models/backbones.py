@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from peftshield.errors import PeftshieldError
 from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES
@@ -110,6 +111,61 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _named(keys: object, limit: int = 5) -> str:
+    names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)  # mismatched: (name, a, b)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def strict_from_pretrained(
+    model_cls: Any,
+    location: str,
+    what: str,
+    *,
+    allow_missing: tuple[str, ...] = (),
+    **kwargs: Any,
+) -> Any:
+    """``model_cls.from_pretrained`` that refuses missing, unexpected or mis-shaped weights.
+
+    transformers re-initialises a weight the checkpoint lacks at random and drops one it does not
+    expect, with only a log line. For untrusted weights (docs/design.md, "Untrusted artifacts stay
+    untrusted") both are errors that name the weights. ``allow_missing`` lists name prefixes that
+    may be absent on purpose (a fresh classification head over a bare encoder). Loading is
+    safetensors only and ``trust_remote_code=False``; a corrupt file is a one-line error.
+    """
+    kwargs = {"use_safetensors": True, "trust_remote_code": False, **kwargs}
+    with quiet_transformers():
+        try:
+            model, info = model_cls.from_pretrained(location, output_loading_info=True, **kwargs)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+            raise PeftshieldError(f"cannot load {what} from {location}: {_first_line(err)}") from None
+        except Exception as err:  # safetensors raises its own SafetensorError for a corrupt file
+            if type(err).__name__ != "SafetensorError":
+                raise
+            raise PeftshieldError(
+                f"cannot load {what} from {location}: corrupt weights ({_first_line(err)})"
+            ) from None
+    missing = {k for k in info.get("missing_keys", ()) if not str(k).startswith(allow_missing)}
+    problems = [
+        (label, keys)
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", info.get("unexpected_keys", ())),
+            ("mis-shaped", info.get("mismatched_keys", ())),
+        )
+        if keys
+    ]
+    if problems:
+        listed = "; ".join(f"{label} weights: {_named(keys)}" for label, keys in problems)
+        raise PeftshieldError(f"refusing {what} at {location}: {listed}")
+    return model
+
+
 @dataclass
 class LoadedBackbone:
     """An encoder with its tokenizer, output representation and where it came from."""
@@ -131,13 +187,14 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
     from transformers import AutoModel, AutoTokenizer
 
     location, default_pooling = resolve_backbone(ref)
+    # A checkpoint saved from a task model (e.g. BertForMaskedLM) carries weights the bare encoder
+    # does not use; those heads are dropped on purpose, every encoder weight must be there.
+    encoder = strict_from_pretrained(AutoModel, location, f"backbone {ref!r}")
     with quiet_transformers():
         try:
-            encoder = AutoModel.from_pretrained(location, use_safetensors=True, trust_remote_code=False)
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise PeftshieldError(f"cannot load backbone {ref!r}: {first}") from None
+            raise PeftshieldError(f"cannot load backbone {ref!r}: {_first_line(err)}") from None
     chosen = pooling or getattr(encoder.config, CONFIG_KEY, None) or default_pooling or "cls"
     if chosen not in POOLING_CHOICES:
         raise PeftshieldError(f"unknown pooling {chosen!r}; choose one of {', '.join(POOLING_CHOICES)}")
