@@ -11,10 +11,10 @@ import torch
 from conftest import toy_examples
 
 from peftshield.cli import main
+from peftshield.defenses.lmsanitator.calibration import calibrate_thresholds
 from peftshield.defenses.lmsanitator.filtering import (
     Candidate,
     FilterThresholds,
-    calibrate_thresholds,
     candidate_reasons,
 )
 from peftshield.defenses.lmsanitator.measures import (
