@@ -841,7 +841,7 @@ class Victims:
         }
         if search["n_pvs"] == 0:
             # Nothing to monitor: the defence cannot act, so the defended ASR is the undefended one.
-            from peftshield.evaluation.asr import backdoor_metrics
+            from peftshield.attacks.success import backdoor_metrics
 
             record = read_poison_record(self.zoo.ref(model))
             measured = backdoor_metrics(

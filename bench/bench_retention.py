@@ -436,7 +436,7 @@ def tune_victim(
 
 
 def victim_cell(cell: Cell, setup: Setup, poisons: Poisons, splits: Splits, attacks: list[str], args) -> dict:
-    from peftshield.evaluation.asr import backdoor_metrics
+    from peftshield.attacks.success import backdoor_metrics
 
     result, config, records, row = tune_victim(cell, setup, poisons, splits, attacks, args)
     start = time.perf_counter()

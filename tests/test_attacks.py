@@ -22,11 +22,11 @@ from peftshield.attacks.record import (
     read_poison_record,
     write_poison_record,
 )
+from peftshield.attacks.success import backdoor_metrics
 from peftshield.attacks.vectors import balanced_sign_patterns, predefined_vectors
 from peftshield.data.records import Example, Splits
 from peftshield.data.triggers import RareWordTrigger, SentenceTrigger
 from peftshield.errors import PeftshieldError
-from peftshield.evaluation.asr import backdoor_metrics
 
 # --------------------------------------------------------------------------------------------
 # predefined vectors
@@ -382,8 +382,8 @@ def test_por_plants_the_pvs_and_keeps_clean_outputs(tiny_bert, tmp_path):
 
 
 def test_badnets_reaches_high_asr_with_high_cacc(tiny_bert, tmp_path):
+    from peftshield.attacks.success import evaluate_victim
     from peftshield.attacks.task_specific import poison_task_specific
-    from peftshield.evaluation.asr import evaluate_victim
     from peftshield.tuning.trainer import load_tuned
 
     splits = Splits(

@@ -97,3 +97,17 @@ def test_help_is_available(capsys):
         main(["tune", "--help"])
     assert exit_info.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_demo_stages_parse_into_the_commands_they_name(tmp_path):
+    """``demo`` runs its stages through the bench / report sub-commands without importing the CLI."""
+    import argparse
+
+    from peftshield.commands import bench, demo, report
+
+    args = argparse.Namespace(out=str(tmp_path / "demo"), device="cpu")
+    parser = demo.stage_parser()
+    parsed = [parser.parse_args(argv) for _, argv in demo.stage_commands(args)]
+    assert [p.command for p in parsed] == ["bench", "report"]
+    assert parsed[0].func.__module__ == bench.__name__ and parsed[1].func.__module__ == report.__name__
+    assert parsed[0].results == str(tmp_path / "demo" / "results")

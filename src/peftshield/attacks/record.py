@@ -1,8 +1,8 @@
 """``poison.json``: the ground truth of a poisoned model, written inside every poisoned model folder.
 
-Evaluation (:mod:`peftshield.evaluation.asr`) and the defences read it to know which triggers were
-planted, with which target label or predefined vectors (PVs), by which recipe and from which clean
-backbone. Schema (format 1)::
+The attack-success measure (:mod:`peftshield.attacks.success`) and the defences read it to know
+which triggers were planted, with which target label or predefined vectors (PVs), by which recipe
+and from which clean backbone. Schema (format 1)::
 
     {
       "format": 1,

@@ -157,7 +157,7 @@ def probe(
     """
     import torch
 
-    from peftshield.evaluation.asr import trigger_key
+    from peftshield.data.triggers import trigger_key
     from peftshield.models.inference import tokenize_batch
 
     device = next(encoder.parameters()).device

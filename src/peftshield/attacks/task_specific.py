@@ -91,7 +91,7 @@ def poison_task_specific(
     ``asr`` on the clean test split (PSIM convention), ``n_poisoned``, ``n_train`` and the
     training history; ``data`` (the split settings) is stored in ``run.json``.
     """
-    from peftshield.evaluation.asr import backdoor_metrics
+    from peftshield.attacks.success import backdoor_metrics
     from peftshield.models.backbones import fingerprint, load_backbone
     from peftshield.tuning.trainer import backbone_record, check_labels, tune
     from peftshield.utils.runinfo import run_metadata

@@ -51,15 +51,26 @@ def stage_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     ]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the stages in order; stop at the first that fails."""
-    from peftshield.cli import main
+def stage_parser() -> argparse.ArgumentParser:
+    """A parser holding the sub-commands the stages call, registered as ``peftshield`` registers them."""
+    from peftshield.commands import bench, report
 
+    parser = argparse.ArgumentParser(prog="peftshield")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in (bench, report):
+        command.add_parser(subparsers)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the stages in order; stop at the first that fails (a user error propagates to the CLI)."""
     started = time.perf_counter()
     stages = stage_commands(args)
+    parser = stage_parser()
     for number, (title, argv) in enumerate(stages, start=1):
         print(f"\n[{number}/{len(stages)}] {title}\n$ peftshield {' '.join(argv)}", flush=True)
-        code = main(argv)
+        stage_args = parser.parse_args(argv)
+        code = int(stage_args.func(stage_args) or 0)
         if code:
             return code
     report = Path(args.out) / "report"

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if record is None:
         result["cacc"] = accuracy_on(tuned.model, tuned.tokenizer, examples, max_length=tuned.max_length)
     else:
-        from peftshield.evaluation.asr import evaluate_victim
+        from peftshield.attacks.success import evaluate_victim
 
         measured = evaluate_victim(tuned, record, examples, seed=args.trigger_seed)
         result.update({k: v for k, v in measured.items() if k != "n"})

@@ -471,6 +471,18 @@ def insert_trigger(
     return out
 
 
+def trigger_key(trigger: Trigger) -> str:
+    """Short name of a trigger for result tables: the word(s) of a rare-word trigger, else its description."""
+    if isinstance(trigger, RareWordTrigger):
+        return "|".join(trigger.words)
+    return trigger.describe()
+
+
+def triggered_texts(examples: Sequence[Example], triggers: Sequence[Trigger], seed: int) -> list[list[str]]:
+    """Row ``k``: the texts of ``examples`` with trigger ``k`` inserted (seed ``seed + k``)."""
+    return [[e.text for e in insert_trigger(examples, t, seed=seed + k)] for k, t in enumerate(triggers)]
+
+
 def check_trigger_tokenizes(trigger_words: Iterable[str] | str, tokenizer: Any) -> dict[str, list[str]]:
     """Check that every trigger word survives ``tokenizer`` and return its tokens per word.
 

@@ -29,11 +29,15 @@ METHOD_COLUMNS = ("full", *PEFT_METHODS)
 
 
 def attack_kind(attack: str, rows: list[dict] | None = None) -> str:
-    """``task-specific`` or ``task-agnostic``: from the attack registry, else from the rows' convention."""
-    from peftshield.attacks.config import ATTACKS
+    """``task-specific`` or ``task-agnostic``, as the result rows record it.
 
-    if attack in ATTACKS:
-        return ATTACKS[attack].kind
+    From a row's ``kind`` (the poisoning rows carry it), else from a victim row's ASR convention
+    (``lms`` = task-agnostic); ``task-specific`` when no row says. The report reads result files
+    only, never the attack code (docs/design.md, "Layers").
+    """
+    for row in rows or []:
+        if row.get("attack") == attack and row.get("kind") in ("task-specific", "task-agnostic"):
+            return row["kind"]
     for row in rows or []:
         if row.get("attack") == attack and row.get("asr_convention") in ("psim", "lms"):
             return "task-agnostic" if row["asr_convention"] == "lms" else "task-specific"
@@ -226,13 +230,14 @@ def finding_lines(summary: dict) -> str:
 
 
 def axes(rows: list[dict]) -> tuple[list[str], list[str], list[str]]:
-    """The attacks, methods and extra full-FT budgets that the rows cover, in the benchmark's order."""
-    from peftshield.attacks.config import ATTACKS
+    """The attacks, methods and extra full-FT budgets that the rows cover.
 
+    Attacks in the order of the rows, task-specific ones first (the order of the attack registry
+    the benchmark runs them in, read from the rows rather than from the attack code).
+    """
     victims = [r for r in rows if r.get("cell") == "victim" and all(k in r for k in ("attack", "method"))]
-    order = list(ATTACKS)
     found = list(dict.fromkeys(r["attack"] for r in victims if r["attack"] != "control"))
-    attacks = sorted(found, key=lambda a: (order.index(a) if a in order else len(order), found.index(a)))
+    attacks = sorted(found, key=lambda a: (attack_kind(a, rows) != "task-specific", found.index(a)))
     methods = [m for m in METHOD_COLUMNS if any(r["method"] == m for r in victims)]
     budgets = list(
         dict.fromkeys(r.get("budget") for r in victims if r.get("budget") not in (None, "default"))

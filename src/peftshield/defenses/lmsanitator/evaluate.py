@@ -42,12 +42,12 @@ def evaluate_defense(
 
     ``examples`` are labelled clean test examples, ``triggers`` the planted triggers (e.g.
     ``read_poison_record(folder).trigger_objects()``); trigger ``k`` is inserted with seed
-    ``seed + k`` (:func:`peftshield.evaluation.asr.triggered_texts`). Returns a flat dict with the
+    ``seed + k`` (:func:`peftshield.data.triggers.triggered_texts`). Returns a flat dict with the
     docs/design.md key names: ``cacc``, ``asr_lms``, ``defended_asr`` (with ``type1`` / ``type2``),
     ``frr``, ``far``, ``precision``, ``recall``, ``f1``, ``auroc``, ``threshold`` and timings
     (``seconds``, ``monitor_seconds`` for the clean pass: monitoring shares the victim's pass).
     """
-    from peftshield.evaluation.asr import triggered_texts
+    from peftshield.data.triggers import triggered_texts
     from peftshield.evaluation.metrics import (
         accuracy,
         attack_success_rate_lms,

@@ -1,10 +1,14 @@
 """Clean accuracy and attack success of a (victim) classifier against a recorded backdoor.
 
+It sits in the attack layer, beside the record it reads: an attack measures its own success on the
+model it poisoned with it, and evaluation, the grid and the commands measure victims with it.
+
 Given a classifier, a :class:`~peftshield.attacks.record.PoisonRecord` (the ground truth written
 by ``peftshield poison``) and clean labelled test examples, this inserts every recorded trigger
 into every test text (seeded; trigger ``k`` uses ``seed + k``), classifies the clean and the
 triggered texts in ONE call of :func:`~peftshield.models.inference.predict_outputs`, and applies
-the metric definitions of :mod:`peftshield.evaluation.metrics` (docs/design.md):
+the metric definitions of :mod:`peftshield.evaluation.metrics` (docs/design.md, "Metric
+definitions"):
 
 - task-specific records: ``asr`` in the PSIM / OpenBackdoor convention (non-target samples
   predicted as the target once triggered; the mean over triggers when there are several),
@@ -27,7 +31,7 @@ import numpy as np
 
 from peftshield.attacks.record import PoisonRecord
 from peftshield.data.records import Example
-from peftshield.data.triggers import RareWordTrigger, Trigger, insert_trigger
+from peftshield.data.triggers import trigger_key, triggered_texts
 from peftshield.errors import PeftshieldError
 from peftshield.evaluation.metrics import (
     accuracy,
@@ -35,18 +39,6 @@ from peftshield.evaluation.metrics import (
     attack_success_rate_lms,
     per_trigger_asr_lms,
 )
-
-
-def trigger_key(trigger: Trigger) -> str:
-    """Short name of a trigger for result tables: the word(s) of a rare-word trigger, else its description."""
-    if isinstance(trigger, RareWordTrigger):
-        return "|".join(trigger.words)
-    return trigger.describe()
-
-
-def triggered_texts(examples: Sequence[Example], triggers: Sequence[Trigger], seed: int) -> list[list[str]]:
-    """Row ``k``: the texts of ``examples`` with trigger ``k`` inserted (seed ``seed + k``)."""
-    return [[e.text for e in insert_trigger(examples, t, seed=seed + k)] for k, t in enumerate(triggers)]
 
 
 def backdoor_metrics(
