@@ -19,6 +19,7 @@ from typing import Any
 from peftshield.commands.common import add_data_args, data_settings, load_splits, print_json
 from peftshield.errors import PeftshieldError
 from peftshield.utils.device import DEVICE_CHOICES
+from peftshield.utils.io import write_text
 
 PREDICT_EPILOG = """examples:
   peftshield guard predict --victim runs/victim --detector runs/psim --input texts.txt
@@ -189,25 +190,10 @@ def run_predict(args: argparse.Namespace) -> int:
     ]
     payload = "\n".join(lines) + "\n"
     if args.output:
-        _write_atomic(Path(args.output), payload)
+        write_text(Path(args.output), payload)
     else:
         sys.stdout.write(payload)
     return 0
-
-
-def _write_atomic(path: Path, payload: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def ground_truth(args: argparse.Namespace) -> tuple[list[Any], int | None, str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from peftshield.errors import PeftshieldError
-from peftshield.utils.io import read_json, write_json
+from peftshield.utils.io import read_json, write_json, write_jsonl
 
 #: Bump when the extraction output changes, so that stale cached corpora are rebuilt.
 EXTRACTOR_VERSION = 1
@@ -533,26 +533,6 @@ def extract_rows(fmt: str, artifact_path: str | os.PathLike, member: str) -> lis
 # Extracted corpus cache
 
 
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows as JSON lines through a temporary file and a rename; return the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False))
-                handle.write("\n")
-                count += 1
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a cache is meant to be readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
-
-
 def _cache_is_current(jsonl: Path, meta_path: Path, artifact: ArtifactSpec) -> bool:
     if not (jsonl.is_file() and meta_path.is_file()):
         return False
@@ -611,7 +591,7 @@ def ensure_corpus_file(
     rows = extract_rows(fmt, archive, member)
     if not rows:
         raise PeftshieldError(f"extraction of corpus {name!r} from {archive.name} produced no rows")
-    count = write_jsonl_atomic(jsonl, rows)
+    count = write_jsonl(jsonl, rows)
     write_json(
         meta_path,
         {
@@ -627,7 +607,7 @@ def ensure_corpus_file(
 
 
 def read_jsonl_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a cached corpus file written by :func:`write_jsonl_atomic`."""
+    """Read a cached corpus file written by :func:`peftshield.utils.io.write_jsonl`."""
     rows = []
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):

@@ -9,7 +9,6 @@ file behind.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from peftshield.errors import PeftshieldError
 from peftshield.reporting.document import Document, Section, Table, Text, fmt
 from peftshield.reporting.results import Benchmark, Results, base_name, load_results
+from peftshield.utils.io import write_texts
 
 REPORT_FILES = ("report.md", "report.html")
 
@@ -102,24 +102,6 @@ def check_out_dir(out: Path) -> None:
         raise PeftshieldError(f"cannot write the report to {out}: {probe} is not a folder")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise PeftshieldError(f"cannot write the report to {out}: {probe} is not writable")
-
-
-def write_texts(files: dict[Path, str]) -> None:
-    """Write every file to a temporary name first, then rename them all (no partial file on failure)."""
-    temps: list[tuple[str, Path]] = []
-    try:
-        for path, text in files.items():
-            # a fresh name opened exclusively (not mkstemp, whose 0600 mode would survive the rename)
-            tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
-            with open(tmp, "x", encoding="utf-8") as handle:
-                temps.append((tmp, path))
-                handle.write(text)
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

@@ -6,27 +6,83 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from peftshield.errors import PeftshieldError
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
+def _fresh_temporary(path: Path) -> tuple[Path, TextIO]:
+    """Open a new hidden file beside ``path`` for writing text (its name is unique to this call).
+
+    Opened exclusively with the ordinary creation mode (``0666`` less the umask), not with
+    :func:`tempfile.mkstemp`, whose ``0600`` mode would survive the rename.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    return tmp, open(tmp, "x", encoding="utf-8")  # noqa: SIM115 - closed by the callers
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[TextIO]:
+    """Yield a text handle whose content replaces ``path`` (by a rename) only once it is complete.
+
+    The one atomic file write of the package: on any exception the temporary file is removed and
+    ``path`` is left as it was (absent or the previous complete version).
+    """
+    path = Path(path)
+    tmp, handle = _fresh_temporary(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+        with handle:
+            yield handle
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(text)
+
+
+def write_texts(files: Mapping[Path, str]) -> None:
+    """Write several files all or nothing: every temporary file is complete before any is renamed."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files.items():
+            tmp, handle = _fresh_temporary(Path(path))
+            temps.append((tmp, Path(path)))
+            with handle:
+                handle.write(text)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as handle:
+        json.dump(data, handle, indent=2, sort_keys=False, default=str)
+        handle.write("\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
+    """Write ``rows`` as JSON lines to ``path`` atomically (:func:`atomic_file`); return the row count."""
+    count = 0
+    with atomic_file(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False))
+            handle.write("\n")
+            count += 1
+    return count
 
 
 def read_json(path: str | os.PathLike) -> Any:
