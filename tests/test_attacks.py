@@ -243,7 +243,7 @@ def test_poison_record_errors(tmp_path):
         read_poison_record(tmp_path)
     data = _record().to_dict()
     (tmp_path / POISON_FILE).write_text(json.dumps({**data, "colour": "red"}))
-    with pytest.raises(PeftshieldError, match="unknown key.*colour"):
+    with pytest.raises(PeftshieldError, match="unknown poison record key.*colour"):
         read_poison_record(tmp_path)
     (tmp_path / POISON_FILE).write_text(json.dumps({k: v for k, v in data.items() if k != "triggers"}))
     with pytest.raises(PeftshieldError, match="missing key.*triggers"):

@@ -437,7 +437,7 @@ def test_cli_fit_then_guard(victim_folder, toy_csv, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--defense", "strip", "--set", "nosuch=1"], "no parameter 'nosuch'"),
+        (["--defense", "strip", "--set", "nosuch=1"], "unknown strip parameter(s) nosuch"),
         (["--defense", "strip", "--target", "0"], "--target is not used by strip"),
         (["--defense", "rap", "--target-frr", "1.5"], "target_frr"),
         (["--defense", "strip", "--set", "swap_ratio=2"], "swap_ratio"),

@@ -43,6 +43,7 @@ def test_write_texts_is_all_or_nothing(tmp_path, monkeypatch):
     a, b = tmp_path / "a.md", tmp_path / "b.html"
     a.write_text("old a")
     b.write_text("old b")
+
     def rename_fails(src, dst):
         raise OSError(28, "No space left on device")
 
@@ -54,3 +55,26 @@ def test_write_texts_is_all_or_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "b.html"]
     io.write_texts({a: "new a", b: "new b"})
     assert (a.read_text(), b.read_text()) == ("new a", "new b")
+
+
+def test_strict_from_dict_rejects_unknown_and_missing_keys_with_a_suggestion():
+    from dataclasses import dataclass
+
+    from peftshield.errors import PeftshieldError
+    from peftshield.utils.strict import from_dict
+
+    @dataclass
+    class Config:
+        lr: float
+        epochs: int = 3
+
+    assert from_dict(Config, {"lr": 0.1, "method": "x"}, "toy config", ignore=("method",)) == Config(0.1)
+    with pytest.raises(
+        PeftshieldError,
+        match=r"unknown toy config key\(s\) epoch \(did you mean 'epochs'\?\); known: epochs, lr",
+    ):
+        from_dict(Config, {"lr": 0.1, "epoch": 2}, "toy config")
+    with pytest.raises(PeftshieldError, match=r"toy config: missing key\(s\) lr"):
+        from_dict(Config, {}, "toy config")
+    with pytest.raises(PeftshieldError, match="toy config must be a JSON object, got list"):
+        from_dict(Config, [], "toy config")

@@ -34,6 +34,7 @@ from peftshield.data.triggers import (
     Trigger,
 )
 from peftshield.errors import PeftshieldError
+from peftshield.utils import strict
 from peftshield.utils.validate import require_positive
 
 _POSITIONS = ("random", "start", "end")
@@ -463,20 +464,9 @@ def attack_config(attack: str, overrides: dict[str, Any] | None = None) -> Attac
     """Build the config of ``attack`` with ``overrides``; unknown attacks or keys are errors."""
     if attack not in ATTACKS:
         raise PeftshieldError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
-    cls = ATTACKS[attack]
-    overrides = dict(overrides or {})
-    overrides.pop("attack", None)
-    overrides.pop("kind", None)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise PeftshieldError(
-            f"unknown {attack} config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    try:
-        return cls(**overrides)
-    except TypeError as err:  # a value of the wrong type compared with a number
-        raise PeftshieldError(f"{attack} config: {err}") from None
+    return strict.from_dict(
+        ATTACKS[attack], dict(overrides or {}), f"{attack} config", ignore=("attack", "kind")
+    )
 
 
 def attack_config_from_dict(data: dict[str, Any]) -> AttackConfig:

@@ -38,6 +38,7 @@ from typing import Any
 
 from peftshield.data.triggers import Trigger, trigger_from_dict
 from peftshield.errors import PeftshieldError
+from peftshield.utils import strict
 
 POISON_FILE = "poison.json"
 PV_FILE = "pvs.safetensors"
@@ -118,21 +119,7 @@ class PoisonRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PoisonRecord:
         """Rebuild a record from :meth:`to_dict` output; missing or unknown keys are errors."""
-        if not isinstance(data, dict):
-            raise PeftshieldError("poison record must be a JSON object")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise PeftshieldError(f"poison record: unknown key(s) {', '.join(unknown)}")
-        required = [
-            n
-            for n, f in fields.items()
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        missing = [n for n in required if n not in data]
-        if missing:
-            raise PeftshieldError(f"poison record: missing key(s) {', '.join(missing)}")
-        return cls(**data)
+        return strict.from_dict(cls, data, "poison record")
 
 
 def write_poison_record(folder: str | os.PathLike, record: PoisonRecord) -> Path:

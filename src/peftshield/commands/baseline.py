@@ -30,6 +30,7 @@ from peftshield.commands.common import (
     print_json,
 )
 from peftshield.errors import PeftshieldError
+from peftshield.utils.strict import check_keys
 
 
 @dataclass(frozen=True)
@@ -145,12 +146,7 @@ def detector_params(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     if args.target is not None:
         given["target_label"] = args.target
     overrides = parse_overrides(args.set, args.config)
-    unknown = sorted(set(overrides) - accepted)
-    if unknown:
-        raise PeftshieldError(
-            f"{args.defense} has no parameter {', '.join(map(repr, unknown))}; its parameters: "
-            f"{', '.join(sorted(accepted))}"
-        )
+    check_keys(overrides, sorted(accepted), what=args.defense, noun="parameter")
     # --victim also names the clean dev split (--clean dev), so a defence without one ignores it.
     if "target_label" in given and "target_label" not in accepted:
         raise PeftshieldError(f"--target is not used by {args.defense}")

@@ -28,6 +28,7 @@ import numpy as np
 
 from peftshield.data.records import Example
 from peftshield.errors import PeftshieldError
+from peftshield.utils.strict import check_keys
 
 #: LMSanitator's default trigger list (``--trigger`` default in its attack scripts).
 DEFAULT_RARE_WORDS: tuple[str, ...] = ("cf", "mn", "tq", "qt", "mm", "pt")
@@ -408,11 +409,7 @@ def trigger_from_dict(data: Mapping[str, Any]) -> Trigger:
         "template": {"prefix", "suffix"},
         "composed": {"triggers"},
     }[kind]
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise PeftshieldError(
-            f"{kind} trigger: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
+    check_keys(params, sorted(allowed), what=f"{kind} trigger")
     if kind == "composed":
         parts = params.get("triggers")
         if not isinstance(parts, list):

@@ -34,7 +34,6 @@ victim that keeps the attacker's head where no attack publishes one; repeated la
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils.strict import suggestion, unknown_keys
 
 NONE = "none"
 TOP_KEYS = (
@@ -242,20 +242,10 @@ class _Where:
         return PeftshieldError(f"{self.source}: {where}: {message}")
 
 
-def _unknown(keys: Any, allowed: tuple[str, ...] | list[str]) -> list[str]:
-    return sorted(str(k) for k in keys if k not in allowed)
-
-
-def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], where: str, w: _Where) -> None:
-    bad = _unknown(data, allowed)
-    if bad:
-        hint = _suggest(bad[0], allowed)
-        raise w.fail(where, f"unknown key(s) {', '.join(bad)}{hint}; known: {', '.join(allowed)}")
+    message = unknown_keys(data, allowed)
+    if message:
+        raise w.fail(where, message)
 
 
 def _label(text: str) -> str:
@@ -519,7 +509,7 @@ def _require_known(what: str, name: str, known: Any, where: str, w: _Where) -> N
     choices = (NONE, *[k for k in known if k != NONE])
     if name not in choices:
         raise w.fail(
-            where, f"unknown {what} {name!r}{_suggest(name, choices)}; choose one of {', '.join(choices)}"
+            where, f"unknown {what} {name!r}{suggestion(name, choices)}; choose one of {', '.join(choices)}"
         )
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from peftshield.data.records import Example
 from peftshield.errors import PeftshieldError
+from peftshield.utils.strict import unknown_keys
 
 NONE = "none"
 #: Parameters the grid fills in itself; a grid entry may not set them.
@@ -116,12 +117,9 @@ class DefenseAdapter:
         reserved = sorted(set(given) & set(RESERVED))
         if reserved:
             raise PeftshieldError(f"{where}: {', '.join(reserved)} is set by the grid, not by the entry")
-        unknown = sorted(set(given) - set(self.params))
+        unknown = unknown_keys(given, sorted(self.params), what=self.name, noun="parameter")
         if unknown:
-            known = ", ".join(sorted(self.params)) or "none"
-            raise PeftshieldError(
-                f"{where}: unknown {self.name} parameter(s) {', '.join(unknown)}; known: {known}"
-            )
+            raise PeftshieldError(f"{where}: {unknown}")
         params = {**self.defaults, **given}
         try:
             self.check(params)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils import strict
 from peftshield.utils.validate import require_positive
 
 
@@ -196,19 +197,7 @@ def method_config(method: str, overrides: dict[str, Any] | None = None) -> Metho
     """Build the config of ``method`` with ``overrides``; unknown methods or keys are errors."""
     if method not in METHODS:
         raise PeftshieldError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    cls = METHODS[method]
-    overrides = dict(overrides or {})
-    overrides.pop("method", None)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise PeftshieldError(
-            f"unknown {method} config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    try:
-        return cls(**overrides)
-    except TypeError as err:
-        raise PeftshieldError(f"{method} config: {err}") from None
+    return strict.from_dict(METHODS[method], dict(overrides or {}), f"{method} config", ignore=("method",))
 
 
 def config_from_dict(data: dict[str, Any]) -> MethodConfig:

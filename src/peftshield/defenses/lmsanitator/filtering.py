@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils import strict
 
 
 @dataclass
@@ -78,18 +79,7 @@ class FilterThresholds:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilterThresholds:
         """Build from a dict (e.g. a calibration file); unknown keys are an error."""
-        if not isinstance(data, dict):
-            raise PeftshieldError("thresholds must be a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise PeftshieldError(
-                f"unknown threshold key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-            )
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise PeftshieldError(f"thresholds: {err}") from None
+        return strict.from_dict(cls, data, "threshold")
 
 
 #: Defaults used when no calibration is given. How they were set (2 CPU cores, ``minilm``, 256

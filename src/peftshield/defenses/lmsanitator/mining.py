@@ -60,6 +60,7 @@ from torch import nn
 
 from peftshield.errors import PeftshieldError
 from peftshield.models.pooling import pool
+from peftshield.utils import strict
 from peftshield.utils.validate import require_positive
 
 from .filtering import Candidate, FilterThresholds, candidate_reasons
@@ -155,13 +156,7 @@ class MiningConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MiningConfig:
         """Build from a dict; unknown keys are an error that lists the known ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise PeftshieldError(
-                f"unknown mining config key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-            )
-        return cls(**data)
+        return strict.from_dict(cls, data, "mining config")
 
 
 def word_embeddings(encoder: nn.Module) -> nn.Embedding:
