@@ -78,3 +78,41 @@ def test_strict_from_dict_rejects_unknown_and_missing_keys_with_a_suggestion():
         from_dict(Config, {}, "toy config")
     with pytest.raises(PeftshieldError, match="toy config must be a JSON object, got list"):
         from_dict(Config, [], "toy config")
+
+
+def test_file_lock_excludes_another_process_and_dies_with_its_holder(tmp_path):
+    """The grid's one locking primitive (filelock): held elsewhere -> not acquired; holder killed -> free."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from peftshield.grid.cache import file_lock
+
+    path = tmp_path / "locks" / "x.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from peftshield.grid.cache import file_lock\n"
+            "with file_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with file_lock(path, blocking=False) as acquired:
+            assert acquired is False
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        with file_lock(path, blocking=False) as acquired:
+            if acquired or time.monotonic() > deadline:
+                break
+        time.sleep(0.05)
+    assert acquired is True

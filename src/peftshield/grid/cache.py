@@ -8,7 +8,8 @@ key instead of silently reusing a stale one. A folder is complete or absent: it 
 temporary name and renamed (:func:`peftshield.utils.io.atomic_dir`), and its ``artifact.json``
 records what was built, from what, how long it took and what the builder measured.
 
-Parallel workers coordinate with ``fcntl`` locks, one per artifact: a worker that needs an
+Parallel workers coordinate with file locks (the ``filelock`` package, so not POSIX-only), one per
+artifact: a worker that needs an
 artifact another worker is building waits for the lock, then finds the folder and reuses it, so
 no artifact is ever built twice. Every build, reuse and cell outcome is appended as one JSON line
 to ``DIR/log/stages.jsonl`` (the execution log the tests and the curious read).
@@ -148,29 +149,27 @@ class StageLog:
 
 @contextmanager
 def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive ``fcntl`` lock on ``path`` for the block; yield whether it was acquired.
+    """Hold an exclusive lock on ``path`` for the block; yield whether it was acquired.
 
-    With ``blocking=False`` the block runs at once and gets ``False`` when another process holds
-    the lock. The operating system releases the lock when its holder dies, so a killed run never
+    With ``blocking=False`` the block runs at once and gets ``False`` when another holder has the
+    lock. The lock is :class:`filelock.FileLock` (``flock`` on POSIX, ``msvcrt`` locking on
+    Windows), which the operating system releases when its holder dies, so a killed run never
     leaves a stale lock behind.
     """
-    import fcntl
+    from filelock import FileLock, Timeout
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(path, mode=0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            acquired = True
-        except BlockingIOError:
-            acquired = False
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire(timeout=-1 if blocking else 0)
+        acquired = True
+    except Timeout:
+        acquired = False
+    try:
+        yield acquired
     finally:
-        os.close(fd)
+        if acquired:
+            lock.release()
 
 
 class ArtifactStore:
