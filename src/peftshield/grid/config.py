@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import non_finite_path
 
 NONE = "none"
 TOP_KEYS = (
@@ -612,6 +613,9 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
     w = _Where(source)
     base = base or Path.cwd()
     _check_keys(data, TOP_KEYS, "top level", w)
+    bad = non_finite_path(data)
+    if bad is not None:
+        raise w.fail(bad, "must be a finite number (NaN and infinities are refused)")
     for key in REQUIRED:
         if not data.get(key):
             raise w.fail(key, "is missing or empty")
