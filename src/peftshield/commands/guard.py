@@ -16,7 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from peftshield.commands.common import add_data_args, data_settings, load_splits, print_json
+from peftshield.commands.common import (
+    add_data_args,
+    check_output_file,
+    data_settings,
+    load_splits,
+    print_json,
+    read_input_texts,
+)
 from peftshield.errors import PeftshieldError
 from peftshield.utils.device import DEVICE_CHOICES
 
@@ -121,54 +128,6 @@ def one_line_warnings() -> Iterator[None]:
                     print(f"peftshield: warning: {text}", file=sys.stderr)
 
 
-def read_texts(source: str, fmt: str = "auto", text_field: str = "text") -> list[str]:
-    """Read input texts: one per line, or JSON lines with ``text_field``; ``-`` is stdin."""
-    if source == "-":
-        raw = sys.stdin.buffer.read()
-        name = "stdin"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise PeftshieldError(f"input file not found: {source}")
-        raw = path.read_bytes()
-        name = source
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise PeftshieldError(f"{name}: line {line} is not valid UTF-8; save the input as UTF-8") from None
-    lines = [(i, line) for i, line in enumerate(content.splitlines(), 1) if line.strip()]
-    if not lines:
-        raise PeftshieldError(f"{name}: no texts (the input is empty)")
-    if fmt == "auto":
-        jsonl_name = name.lower().endswith((".jsonl", ".jsonlines"))
-        fmt = "jsonl" if jsonl_name or _is_json_object(lines[0][1]) else "lines"
-    if fmt == "lines":
-        return [line.strip() for _, line in lines]
-    texts = []
-    for lineno, line in lines:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PeftshieldError(f"{name}: line {lineno} is not valid JSON: {err.msg}") from None
-        if not isinstance(obj, dict) or text_field not in obj:
-            raise PeftshieldError(f"{name}: line {lineno} has no {text_field!r} field")
-        text = obj[text_field]
-        if not isinstance(text, str) or not text.strip():
-            raise PeftshieldError(f"{name}: line {lineno}: {text_field!r} must be a non-empty string")
-        texts.append(text)
-    return texts
-
-
-def _is_json_object(line: str) -> bool:
-    if not line.lstrip().startswith("{"):
-        return False
-    try:
-        return isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
-        return False
-
-
 def _check_batch_size(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise PeftshieldError("--batch-size must be at least 1")
@@ -179,7 +138,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from peftshield.defenses.guard import Guard
 
     _check_batch_size(args)
-    texts = read_texts(args.input, args.format, args.text_field)
+    if args.output:
+        check_output_file(args.output)
+    texts = read_input_texts(args.input, args.format, args.text_field)
     with one_line_warnings():
         guard = Guard.from_folders(args.victim, args.detector, device=args.device, batch_size=args.batch_size)
         decisions = guard.predict(texts)

@@ -14,6 +14,8 @@ from peftshield.commands.common import (
     add_threshold_args,
     clean_texts,
     print_json,
+    printable,
+    read_input_texts,
 )
 
 EPILOG = """how it works (Wei et al., NDSS 2024, stage 3):
@@ -146,35 +148,13 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(source: str, text_column: str) -> list[str]:
-    from peftshield.data.corpora import FILE_SUFFIXES, load_corpus
-    from peftshield.errors import PeftshieldError
-
-    if source == "-":
-        raw = sys.stdin.read()
-    else:
-        path = Path(source)
-        if path.suffix.lower() in FILE_SUFFIXES:
-            return [e.text for e in load_corpus(path, text_column=text_column, label_column=None)]
-        if not path.is_file():
-            raise PeftshieldError(f"input file not found: {path}")
-        try:
-            raw = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise PeftshieldError(f"{path} is not valid UTF-8") from None
-    texts = [line.strip() for line in raw.splitlines() if line.strip()]
-    if not texts:
-        raise PeftshieldError(f"no input texts in {source}")
-    return texts
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """Score (and purge) inputs with a saved monitor."""
     from peftshield.defenses.lmsanitator.monitor import load_monitor
     from peftshield.defenses.lmsanitator.purge import Purger
     from peftshield.utils.device import resolve_device
 
-    texts = _read_inputs(args.input, args.text_column)
+    texts = read_input_texts(args.input, text_column=args.text_column)
     monitor = load_monitor(args.monitor, victim=args.victim, device=str(resolve_device(args.device)))
     rows = []
     if args.purge:
@@ -210,6 +190,6 @@ def run_predict(args: argparse.Namespace) -> int:
         line = f"{'FLAG' if r['flagged'] else 'ok  '}\t{score:.3f}\t{r['label']}"
         if args.purge and r["flagged"]:
             line += f"\tremoved={json.dumps(r['removed'])}" + ("" if r["cleared"] else " (not cleared)")
-        print(f"{line}\t{r['input']}")
+        print(f"{line}\t{printable(r['input'])}")
     print(f"{n_flagged} of {len(rows)} flagged (threshold {monitor.threshold_:.3f})", file=sys.stderr)
     return 0

@@ -401,7 +401,7 @@ def _backbone(
     import importlib.metadata
 
     from peftshield.grid.cache import folder_digest
-    from peftshield.models.backbones import BACKBONES, resolve_backbone
+    from peftshield.models.backbones import BACKBONES, hub_unreachable, looks_local, resolve_backbone
 
     _check_keys(item, ("name", "label", "scan"), where, w)
     name = item["name"]
@@ -421,13 +421,16 @@ def _backbone(
         if not path.exists() and "/" not in name and "\\" not in name:
             choices = ", ".join(BACKBONES)
             raise w.fail(where, f"unknown backbone {name!r}: not a registered name ({choices}) nor a folder")
-        if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        if path.exists() or looks_local(name) or Path(base, name.split("/")[0]).is_dir():
             try:
                 location, _ = resolve_backbone(str(path))
             except PeftshieldError as err:
                 raise w.fail(where, str(err)) from None
             ref, identity, label = location, {"folder": folder_digest(location)}, _label(path.name)
         else:  # owner/name: a hub id, usable where a hub is reachable
+            reason = hub_unreachable()
+            if reason is not None:
+                raise w.fail(where, f"{name!r} is not a local folder, and not a hub id here: {reason}")
             location, ref, identity, label = "", name, {"hub": name}, _label(name.replace("/", "_"))
     scan = _scan_settings(item.get("scan", True), scan_defaults, f"{where}.scan", w, base)
     return BackboneEntry(

@@ -75,19 +75,61 @@ def check_model_folder(folder: Path) -> None:
         raise PeftshieldError(f"{folder} has no .safetensors weights")
 
 
+def looks_local(ref: str) -> bool:
+    """Whether a model reference names a local path rather than a hub id (``owner/name``).
+
+    It does when the path exists, starts with ``.``, ``/`` or ``~``, has a backslash or not exactly
+    one ``/``, or its first part is an existing folder (``runs/nope`` beside a ``runs/`` folder).
+    """
+    if Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or "\\" in ref:
+        return True
+    return ref.count("/") != 1 or Path(ref.split("/")[0]).is_dir()
+
+
+_TRUE = ("1", "on", "yes", "true")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be used now (``HF_HUB_OFFLINE`` set, or no connection to the
+    ``HF_ENDPOINT`` host within 3 s), or ``None`` when it answers: one quick check instead of the
+    hub client's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as err:
+        return f"the hub ({host}) is not reachable: {err.strerror or err}"
+    return None
+
+
+def resolve_model_ref(ref: str, what: str) -> str:
+    """The location of a model reference that is not a registered name: a checked local folder
+    (absolute) or a hub id ``owner/name`` when a hub is reachable; anything else is one line."""
+    path = Path(ref).expanduser()
+    if looks_local(ref):
+        check_model_folder(path)
+        return str(path.resolve())
+    reason = hub_unreachable()
+    if reason is not None:
+        raise PeftshieldError(f"{what} {ref!r} is not a local folder, and not a hub id here: {reason}")
+    return ref
+
+
 def resolve_backbone(ref: str) -> tuple[str, str]:
     """Return ``(location, default_pooling)`` for a registry name, a local folder or a hub id."""
     if ref in BACKBONES:
         spec = BACKBONES[ref]
         return str(_package_folder(spec)), spec.pooling
-    path = Path(ref).expanduser()
-    if path.exists() or ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
-        check_model_folder(path)
-        return str(path.resolve()), ""
-    if "/" in ref:  # looks like a hub id: owner/name
-        return ref, ""
-    known = ", ".join(BACKBONES)
-    raise PeftshieldError(f"unknown backbone {ref!r}: not a registered name ({known}) nor a folder")
+    if "/" not in ref and "\\" not in ref and not Path(ref).expanduser().exists():
+        known = ", ".join(BACKBONES)
+        raise PeftshieldError(f"unknown backbone {ref!r}: not a registered name ({known}) nor a folder")
+    return resolve_model_ref(ref, "backbone"), ""
 
 
 @contextmanager
