@@ -42,8 +42,16 @@ def add_data_args(parser: argparse.ArgumentParser, recorded: bool = False) -> No
         help="built-in corpus (movies, tweets, amazon, nyt) or a CSV/TSV/JSONL file"
         + ("" if recorded else " (default: movies)"),
     )
-    group.add_argument("--text-column", default=default("text_column"), help="text column of a user file")
-    group.add_argument("--label-column", default=default("label_column"), help="label column of a user file")
+    group.add_argument(
+        "--text-column",
+        default=default("text_column"),
+        help="text column of a user file" + ("" if recorded else " (default: text)"),
+    )
+    group.add_argument(
+        "--label-column",
+        default=default("label_column"),
+        help="label column of a user file" + ("" if recorded else " (default: label)"),
+    )
     group.add_argument(
         "--split-seed",
         type=int,
@@ -161,14 +169,19 @@ def add_output_args(
     parser.add_argument("--config", metavar="FILE.json", help=f"{what} overrides as a JSON object")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    """``--device``, ``--seed`` and ``--quiet``."""
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the models run (docs/design.md: a GPU is used when present)."""
     parser.add_argument(
         "--device",
         default="auto",
         choices=DEVICE_CHOICES,
-        help="auto uses a GPU when present (default: auto)",
+        help="where the models run: auto uses a GPU when present, else the CPU (default: auto)",
     )
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--seed`` and ``--quiet``."""
+    add_device_arg(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -308,3 +321,25 @@ def check_output_file(path: str) -> None:
         raise PeftshieldError(
             f"--output {path} is a dangling symbolic link; remove it or choose another file"
         )
+
+
+def method_keys_help(
+    header: str = "config keys (--set KEY=VALUE, --config FILE.json), with their defaults:",
+) -> str:
+    """The ``--set KEY=VALUE`` keys of every fine-tuning method with their defaults, one method a
+    line, for the epilog of the commands that tune (``tune``, ``psim fit``)."""
+    import dataclasses
+    import textwrap
+
+    from peftshield.tuning.config import METHODS
+
+    lines = [header]
+    for name, cls in METHODS.items():
+        pairs = []
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            pairs.append(f"{f.name}={json.dumps(default)}")
+        lines += textwrap.wrap(
+            ", ".join(pairs), width=100, initial_indent=f"  {name:<9}", subsequent_indent=" " * 11
+        )
+    return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
-"""``peftshield guard``: classify texts with a victim behind detectors, or measure that defence.
+"""peftshield guard: classify texts with a victim behind detectors, or measure that defence.
 
 A guarded victim rejects every input a detector flags (PSIM, Zhao et al. 2024, §3) and labels the
-others. ``predict`` does this for texts from a file or stdin; ``evaluate`` reports CACC and ASR
+others. predict does this for texts from a file or stdin; evaluate reports CACC and ASR
 before and after the defence and the detection quality, from a poisoned model's ground truth.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 from peftshield.commands.common import (
     add_data_args,
+    add_device_arg,
     check_output_file,
     data_settings,
     load_splits,
@@ -25,7 +26,6 @@ from peftshield.commands.common import (
     read_input_texts,
 )
 from peftshield.errors import PeftshieldError
-from peftshield.utils.device import DEVICE_CHOICES
 
 PREDICT_EPILOG = """examples:
   peftshield guard predict --victim runs/victim --detector runs/psim --input texts.txt
@@ -33,8 +33,9 @@ PREDICT_EPILOG = """examples:
   peftshield guard predict --victim runs/victim --detector runs/psim --detector runs/psim-lora \\
       --input reviews.jsonl --text-field review --output decisions.jsonl
 
-Input: one text per line (blank lines skipped), or JSON lines with a text field (--format auto
-picks JSON lines for a .jsonl file or when the first line is a JSON object). Output: one JSON
+Input: one text per line (blank lines skipped), JSON lines with a text field, or a
+.csv/.tsv/.jsonl/.json file read by its format (its --text-field column), as 'monitor predict'
+reads it. Output: one JSON
 object per input line, {"text", "label" (null when rejected), "rejected", "reasons" (the detectors
 that fired), "scores" (every detector's score)}.
 """
@@ -63,14 +64,23 @@ def add_parser(subparsers) -> None:
     predict = sub.add_parser(
         "predict",
         help="label texts or reject them, as JSON lines",
-        description=__doc__,
+        description="Label each input text with the victim, or reject it when any detector flags it "
+        "(PSIM, Zhao et al. 2024, section 3): one JSON line per input, on stdout or into --output.",
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_models(predict)
     predict.add_argument("--input", default="-", help="text file, JSONL file or - for stdin (default: -)")
-    predict.add_argument("--format", choices=("auto", "lines", "jsonl"), default="auto", help="default: auto")
-    predict.add_argument("--text-field", default="text", help="text field of JSON lines (default: text)")
+    predict.add_argument(
+        "--format",
+        choices=("auto", "lines", "jsonl"),
+        default="auto",
+        help="auto: a .csv/.tsv/.jsonl/.json file by its format, otherwise JSON lines when the first "
+        "line is a JSON object, else one text per line (default: auto)",
+    )
+    predict.add_argument(
+        "--text-field", default="text", help="text column of a CSV/TSV or field of JSON lines (default: text)"
+    )
     predict.add_argument(
         "--output", default=None, help="write the JSON lines here (atomically) instead of stdout"
     )
@@ -79,7 +89,9 @@ def add_parser(subparsers) -> None:
     evaluate = sub.add_parser(
         "evaluate",
         help="CACC, ASR, defended CACC/ASR, FRR, FAR, AUROC from a poisoned model's ground truth",
-        description=__doc__,
+        description="Measure the defence: run the guarded victim on clean test texts and on their "
+        "triggered copies, and report clean accuracy and attack success without and with the "
+        "detectors, and how well they detect (FRR, FAR, precision, recall, F1, AUROC).",
         epilog=EVALUATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,7 +115,7 @@ def _add_models(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="detector folder (e.g. from 'peftshield psim fit'); repeat to stack detectors",
     )
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: auto")
+    add_device_arg(parser)
     parser.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default: 128)")
 
 

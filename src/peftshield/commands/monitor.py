@@ -1,4 +1,4 @@
-"""``peftshield monitor``: watch a victim's outputs for mined PVs and purge flagged inputs (LMSanitator)."""
+"""peftshield monitor: watch a victim's outputs for mined PVs and purge flagged inputs (LMSanitator)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from peftshield.commands.common import (
     add_actions,
     add_clean_args,
     add_command,
+    add_device_arg,
     add_threshold_args,
     clean_texts,
     print_json,
@@ -33,7 +34,12 @@ examples:
   echo "a gorgeous cf film" | peftshield monitor predict --monitor monitors/victim --input - --json
 """
 
-FIT_EPILOG = """The PVs must come from a scan of the backbone the victim was tuned on (their fingerprints are
+FIT_EPILOG = """examples:
+  peftshield monitor fit --victim runs/victim --pvs scans/suspect --out monitors/victim
+  peftshield monitor fit --victim runs/victim --pvs scans/suspect --target-frr 0.02 --out monitors/cal
+  peftshield monitor fit --victim runs/victim --pvs scans/suspect --clean reviews.csv --out monitors/own
+
+The PVs must come from a scan of the backbone the victim was tuned on (their fingerprints are
 compared). Clean texts (--clean, default: the dev split recorded in the victim's run.json) measure
 the clean false-rejection rate of T_match, or set the threshold with --target-frr.
 """
@@ -74,7 +80,7 @@ def add_parser(subparsers) -> None:
     )
     add_clean_args(fit)
     fit.add_argument("--overwrite", action="store_true", help="replace an existing monitor folder")
-    fit.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_arg(fit)
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.set_defaults(func=run_fit)
 
@@ -89,13 +95,17 @@ def add_parser(subparsers) -> None:
     predict.add_argument(
         "--input", required=True, help="text file (one input per line), '-' for stdin, or CSV/JSONL"
     )
-    predict.add_argument("--text-column", default="text", help="text column of a CSV/TSV/JSONL input")
+    predict.add_argument(
+        "--text-column", default="text", help="text column of a CSV/TSV/JSONL input (default: text)"
+    )
     predict.add_argument(
         "--victim", default=None, help="victim folder instead of the recorded one (same backbone)"
     )
     predict.add_argument("--purge", action="store_true", help="delete words from flagged inputs until clean")
-    predict.add_argument("--max-rounds", type=int, default=3, help="purge: at most this many deleted words")
-    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    predict.add_argument(
+        "--max-rounds", type=int, default=3, help="purge: at most this many deleted words (default: 3)"
+    )
+    add_device_arg(predict)
     predict.add_argument("--json", action="store_true", help="print one JSON document")
     predict.set_defaults(func=run_predict)
 

@@ -332,14 +332,17 @@ def _build_examples(
         examples = [Example(text=t, label=y) for t, y in zip(texts, labels, strict=True)]
         # Named classes (a built-in corpus, a ClassLabel feature) are an explicit mapping.
         named = len(label_names) if label_names else None
-        n_labels = check_dense_labels(labels, source, named)
-        names_out = list(label_names) if named else [str(i) for i in range(n_labels)]
+        names_out = list(label_names) if named else []
     classes = sorted(set(labels))
     if len(classes) < 2:
+        only = names_out[classes[0]] if classes[0] < len(names_out) else str(classes[0])
         raise PeftshieldError(
-            f"{source}: every row has label {names_out[classes[0]]!r}; a labelled corpus needs at least "
+            f"{source}: every row has label {only!r}; a labelled corpus needs at least "
             "two classes (load it without a label column for unlabelled text)"
         )
+    if kinds != {str}:
+        n_labels = check_dense_labels(labels, source, named)
+        names_out = names_out or [str(i) for i in range(n_labels)]
     return examples, names_out
 
 

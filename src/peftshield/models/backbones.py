@@ -215,9 +215,7 @@ def strict_from_pretrained(
                 f"cannot load {what}{_at(what, location)}: corrupt weights ({_first_line(err)})"
             ) from None
     missing = {k for k in info.get("missing_keys", ()) if not str(k).startswith(allow_missing)}
-    _refuse_state(
-        what, location, missing, info.get("unexpected_keys", ()), info.get("mismatched_keys", ())
-    )
+    _refuse_state(what, location, missing, info.get("unexpected_keys", ()), info.get("mismatched_keys", ()))
     return model
 
 

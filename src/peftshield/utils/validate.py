@@ -108,6 +108,5 @@ def require_string_list(what: str, name: str, value: Any) -> None:
         or not all(isinstance(item, str) and item.strip() for item in value)
     ):
         raise PeftshieldError(
-            f"{_prefix(what)}{name} must be a non-empty list of names, e.g. [\"query\", \"value\"], "
-            f"got {value!r}"
+            f'{_prefix(what)}{name} must be a non-empty list of names, e.g. ["query", "value"], got {value!r}'
         )
