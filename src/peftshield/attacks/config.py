@@ -35,7 +35,7 @@ from peftshield.data.triggers import (
 )
 from peftshield.errors import PeftshieldError
 from peftshield.utils import strict
-from peftshield.utils.validate import require_positive
+from peftshield.utils.validate import require_finite_fields, require_positive, require_range
 
 _POSITIONS = ("random", "start", "end")
 _SCHEDULES = ("constant", "linear")
@@ -82,8 +82,10 @@ class AttackConfig:
     max_length: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("lr", "batch_size", "max_length"):
-            require_positive(f"{self.attack} config", name, getattr(self, name))
+        require_finite_fields(f"{self.attack} config", self)
+        require_positive(f"{self.attack} config", "lr", self.lr)
+        for name in ("batch_size", "max_length"):
+            require_positive(f"{self.attack} config", name, getattr(self, name), integer=True)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the attack name and kind first."""
@@ -142,12 +144,11 @@ class TaskSpecificConfig(AttackConfig):
         ):
             raise PeftshieldError(f"{what}: max_poisoned must be a positive integer or null")
         require_positive(what, "epochs", self.epochs, integer=True)
-        if self.head_lr is not None and not self.head_lr > 0:
-            raise PeftshieldError(f"{what}: head_lr must be positive or null, got {self.head_lr!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise PeftshieldError(f"{what}: warmup_ratio must be in [0, 1)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise PeftshieldError(f"{what}: weight_decay and grad_clip must be >= 0")
+        if self.head_lr is not None:
+            require_positive(what, "head_lr", self.head_lr)
+        require_range(what, "warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
+        for name in ("weight_decay", "grad_clip"):
+            require_range(what, name, getattr(self, name), 0, float("inf"))
 
     def tuning_config(self) -> Any:
         """The ``full`` fine-tuning config (:class:`~peftshield.tuning.config.FullConfig`) that trains it."""
@@ -356,14 +357,13 @@ class TaskAgnosticConfig(AttackConfig):
             require_positive(what, name, getattr(self, name), integer=True)
         if self.max_texts is not None and (not isinstance(self.max_texts, int) or self.max_texts < 2):
             raise PeftshieldError(f"{what}: max_texts must be an integer >= 2 or null")
-        if self.clean_weight is not None and not self.clean_weight >= 0:
-            raise PeftshieldError(f"{what}: clean_weight must be >= 0 or null")
+        if self.clean_weight is not None:
+            require_range(what, "clean_weight", self.clean_weight, 0, float("inf"))
         if self.schedule not in _SCHEDULES:
             raise PeftshieldError(f"{what}: schedule must be one of {', '.join(_SCHEDULES)}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise PeftshieldError(f"{what}: warmup_ratio must be in [0, 1)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise PeftshieldError(f"{what}: weight_decay and grad_clip must be >= 0")
+        require_range(what, "warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
+        for name in ("weight_decay", "grad_clip"):
+            require_range(what, name, getattr(self, name), 0, float("inf"))
 
     def resolved(self, model_type: str) -> TaskAgnosticConfig:
         """A copy with ``clean_weight`` fixed for a ``model_type`` backbone (recorded in ``poison.json``)."""

@@ -1,13 +1,9 @@
-"""``peftshield baseline``: fit a classic input-level defence (STRIP, RAP, ...) for a victim.
+"""peftshield baseline: fit a classic input-level defence (STRIP, RAP or ONION) for a victim.
 
-The baselines the PSIM and LMSanitator detectors are compared with. Each is a detector under the
-shared contract (:mod:`peftshield.defenses.base`): fitted on clean texts, its threshold calibrated
-at a target false-rejection rate, saved as a detector folder that ``peftshield guard predict`` and
-``guard evaluate`` read with ``--detector``, beside PSIM or the monitor.
-
-Adding a defence is one entry in :data:`BASELINES`: the detector class, and a line of help. The
-command passes the options the class's constructor takes (``victim``, ``threshold``,
-``target_frr``, ``seed`` ...) and ``--set KEY=VALUE`` for any other constructor parameter.
+The baselines the PSIM and LMSanitator detectors are compared with. Each is fitted on clean texts,
+its threshold calibrated at a target false-rejection rate (or fixed), and saved as a detector
+folder that 'peftshield guard predict' and 'peftshield guard evaluate' read with --detector, beside
+PSIM or the monitor.
 """
 
 from __future__ import annotations
@@ -48,7 +44,9 @@ class Baseline:
         return getattr(importlib.import_module(module), attr)
 
 
-#: The defences ``baseline fit --defense`` knows. One entry per defence.
+#: The defences ``baseline fit --defense`` knows. Adding a defence is one entry here: its detector
+#: class and a line of help; the command passes the options the class's constructor takes
+#: (``victim``, ``threshold``, ``target_frr``, ``seed`` ...) and ``--set KEY=VALUE`` for the others.
 BASELINES: dict[str, Baseline] = {
     "strip": Baseline(
         "peftshield.defenses.strip:STRIPDetector",
@@ -76,8 +74,9 @@ examples:
 Clean texts (--clean, default: the dev split recorded in the victim's run.json, at most
 --max-clean) fit the defence; a held-out part (--set calibration_fraction=..., default 0.2) sets
 the threshold at --target-frr (default 0.05), or reports what a fixed --threshold costs. --set
-KEY=VALUE reaches any constructor parameter of the defence (see its docstring, e.g.
-'python -c "import peftshield.defenses.rap as m; help(m)"'). RAP's default word is "jj", a rare
+KEY=VALUE reaches any other parameter of the defence:
+{keys}
+RAP's default word is "jj", a rare
 word that is none of the default attack triggers (the references' "cf" is our default BadNets
 trigger and a POR one, "mn" the clean-label one): if the victim's backdoor uses "jj", or its
 vocabulary splits it, choose another (--set rap_word=...); fit warns when the word itself flips
@@ -91,7 +90,7 @@ def add_parser(subparsers) -> None:
     parser = add_command(
         subparsers,
         "baseline",
-        help="fit a baseline input detector (STRIP, RAP) for a victim",
+        help=f"fit a baseline input detector ({', '.join(n.upper() for n in BASELINES)}) for a victim",
         description=__doc__,
     )
     sub = add_actions(parser, "baseline_command")
@@ -101,7 +100,7 @@ def add_parser(subparsers) -> None:
         "fit",
         help="fit a baseline defence on clean texts and save a detector folder",
         description=__doc__,
-        epilog=EPILOG.format(defences=defences),
+        epilog=EPILOG.format(defences=defences, keys=_set_keys()),
     )
     fit.add_argument("--defense", required=True, choices=sorted(BASELINES), help="which baseline")
     fit.add_argument(
@@ -124,6 +123,19 @@ def add_parser(subparsers) -> None:
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     add_runtime_args(fit)
     fit.set_defaults(func=run_fit)
+
+
+#: Constructor parameters with an option of their own (not reached through --set).
+_OWN_OPTIONS = ("victim", "threshold", "target_frr", "seed", "device", "batch_size", "target_label")
+
+
+def _set_keys() -> str:
+    """The ``--set`` keys of every defence, one line each, from the detector classes' constructors."""
+    lines = []
+    for name, spec in BASELINES.items():
+        params = inspect.signature(spec.detector_class()).parameters
+        lines.append(f"  {name:<8}" + ", ".join(p for p in params if p not in _OWN_OPTIONS))
+    return "\n".join(lines)
 
 
 def detector_params(args: argparse.Namespace, cls: type) -> dict[str, Any]:

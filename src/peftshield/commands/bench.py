@@ -1,6 +1,7 @@
-"""``peftshield bench``: run an experiment grid (corpora x backbones x attacks x methods x defences x seeds).
+"""peftshield bench: run an experiment grid (corpora x backbones x attacks x methods x defences x seeds).
 
-See :mod:`peftshield.grid` for how cells, stages and the cache fit together.
+Each cell's stages (poisoning, tuning, scans, detectors) are cached under --results by what they
+depend on, so cells share them and a rerun resumes where the last one stopped.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from peftshield.utils.device import DEVICE_CHOICES
+from peftshield.commands.common import add_device_arg
 
 EPILOG = """grid file (YAML needs the 'yaml' extra; JSON always works; 'default' is the shipped grid):
   name: study
@@ -56,7 +57,7 @@ def add_parser(subparsers) -> None:
     run.add_argument("grid", help="grid file (.yaml, .yml or .json), or 'default'")
     run.add_argument("--results", required=True, help="results folder (created; reused to resume)")
     run.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
-    run.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto uses a GPU when present")
+    add_device_arg(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar (the cell log stays)")
     run.set_defaults(func=run_command)
     plan = sub.add_parser(

@@ -42,8 +42,16 @@ def add_data_args(parser: argparse.ArgumentParser, recorded: bool = False) -> No
         help="built-in corpus (movies, tweets, amazon, nyt) or a CSV/TSV/JSONL file"
         + ("" if recorded else " (default: movies)"),
     )
-    group.add_argument("--text-column", default=default("text_column"), help="text column of a user file")
-    group.add_argument("--label-column", default=default("label_column"), help="label column of a user file")
+    group.add_argument(
+        "--text-column",
+        default=default("text_column"),
+        help="text column of a user file" + ("" if recorded else " (default: text)"),
+    )
+    group.add_argument(
+        "--label-column",
+        default=default("label_column"),
+        help="label column of a user file" + ("" if recorded else " (default: label)"),
+    )
     group.add_argument(
         "--split-seed",
         type=int,
@@ -161,14 +169,19 @@ def add_output_args(
     parser.add_argument("--config", metavar="FILE.json", help=f"{what} overrides as a JSON object")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
-    """``--device``, ``--seed`` and ``--quiet``."""
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the models run (docs/design.md: a GPU is used when present)."""
     parser.add_argument(
         "--device",
         default="auto",
         choices=DEVICE_CHOICES,
-        help="auto uses a GPU when present (default: auto)",
+        help="where the models run: auto uses a GPU when present, else the CPU (default: auto)",
     )
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--seed`` and ``--quiet``."""
+    add_device_arg(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -228,3 +241,105 @@ def parse_overrides(pairs: list[str] | None, config_file: str | None = None) -> 
 def print_json(data: Any) -> None:
     """Print one JSON document on stdout (for ``--json``)."""
     print(json.dumps(data, indent=2, default=str))
+
+
+def read_input_texts(source: str, fmt: str = "auto", text_column: str = "text") -> list[str]:
+    """Input texts of ``guard predict`` and ``monitor predict``, read one way for both.
+
+    ``source`` is ``-`` (standard input) or a file. With ``fmt`` ``auto`` a ``.csv`` / ``.tsv`` /
+    ``.jsonl`` / ``.json`` file is parsed by its format and ``text_column`` is read; other files and
+    stdin are JSON lines when the first line is a JSON object, else one text per line (blank lines
+    skipped). ``lines`` and ``jsonl`` force the format. Bytes that are not UTF-8 are an error naming
+    the line.
+    """
+    from peftshield.data.corpora import FILE_SUFFIXES, load_corpus
+
+    if source == "-":
+        raw = sys.stdin.buffer.read()
+        name = "stdin"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise PeftshieldError(f"input file not found: {source}")
+        if fmt == "auto" and path.suffix.lower() in FILE_SUFFIXES:
+            return [e.text for e in load_corpus(path, text_column=text_column, label_column=None)]
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise PeftshieldError(f"cannot read {source}: {err.strerror or err}") from None
+        name = source
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise PeftshieldError(f"{name}: line {line} is not valid UTF-8; save the input as UTF-8") from None
+    lines = [(i, line) for i, line in enumerate(content.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise PeftshieldError(f"{name}: no texts (the input is empty)")
+    if fmt == "auto":
+        fmt = "jsonl" if _is_json_object(lines[0][1]) else "lines"
+    if fmt == "lines":
+        return [line.strip() for _, line in lines]
+    texts = []
+    for lineno, line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PeftshieldError(f"{name}: line {lineno} is not valid JSON: {err.msg}") from None
+        if not isinstance(obj, dict) or text_column not in obj:
+            raise PeftshieldError(f"{name}: line {lineno} has no {text_column!r} field")
+        text = obj[text_column]
+        if not isinstance(text, str) or not text.strip():
+            raise PeftshieldError(f"{name}: line {lineno}: {text_column!r} must be a non-empty string")
+        texts.append(text)
+    return texts
+
+
+def _is_json_object(line: str) -> bool:
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (ESC, NUL, tab, DEL, C1 ...) written as escapes (``\\x1b``),
+    so that an input can never drive the terminal it is printed to."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
+def check_output_file(path: str) -> None:
+    """Fail before any work if ``path`` cannot be written as an output file (a folder, say)."""
+    target = Path(path)
+    if target.is_dir():
+        raise PeftshieldError(f"--output {path} is a folder; give a file name")
+    if target.is_symlink() and not target.exists():
+        raise PeftshieldError(
+            f"--output {path} is a dangling symbolic link; remove it or choose another file"
+        )
+
+
+def method_keys_help(
+    header: str = "config keys (--set KEY=VALUE, --config FILE.json), with their defaults:",
+) -> str:
+    """The ``--set KEY=VALUE`` keys of every fine-tuning method with their defaults, one method a
+    line, for the epilog of the commands that tune (``tune``, ``psim fit``)."""
+    import dataclasses
+    import textwrap
+
+    from peftshield.tuning.config import METHODS
+
+    lines = [header]
+    for name, cls in METHODS.items():
+        pairs = []
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            pairs.append(f"{f.name}={json.dumps(default)}")
+        lines += textwrap.wrap(
+            ", ".join(pairs), width=100, initial_indent=f"  {name:<9}", subsequent_indent=" " * 11
+        )
+    return "\n".join(lines) + "\n"

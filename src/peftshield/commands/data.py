@@ -1,4 +1,4 @@
-"""``peftshield data``: fetch, list and inspect corpora."""
+"""peftshield data: fetch, list and inspect corpora."""
 
 from __future__ import annotations
 
@@ -98,6 +98,15 @@ def _cmd_help(parser: argparse.ArgumentParser) -> Any:
     return run
 
 
+DATA_EPILOG = """examples:
+  peftshield data fetch                        # every built-in corpus into the cache
+  peftshield data fetch movies wiki            # only these two
+  peftshield data list                         # what is built in, labelled, fetched, and its size
+  peftshield data show movies                  # label counts and a few rows
+  peftshield data show reviews.csv --text-column review --label-column stars
+"""
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``data`` and its sub-commands ``fetch``, ``list`` and ``show`` on ``subparsers``."""
     parser = subparsers.add_parser(
@@ -109,6 +118,8 @@ def add_parser(subparsers: Any) -> None:
             "amazon, nyt (binary sentiment); unlabelled: wiki. Your own .csv/.tsv/.jsonl/.json file "
             "or hf:NAME[:SPLIT] works wherever a corpus name does."
         ),
+        epilog=DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=_cmd_help(parser))
     sub = parser.add_subparsers(title="commands", metavar="{fetch,list,show}")

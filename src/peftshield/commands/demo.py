@@ -1,16 +1,16 @@
-"""``peftshield demo``: the main job on the embedded defaults (what ``make demo`` runs).
+"""peftshield demo: the main job on the embedded defaults (what make demo runs).
 
-It runs the small default experiment grid (``peftshield bench plan default`` lists it) and writes
+It runs the small default experiment grid (peftshield bench plan default lists it) and writes
 the report, through the same sub-commands a user would call:
 
-1. ``bench run default``: on ``minilm``, a task-specific backdoor (BadNets, "cf" -> negative,
-   planted by full fine-tuning on poisoned ``amazon`` reviews; PSIM's threat model) and a
-   task-agnostic one (POR on ``wiki`` sentences; LMSanitator's threat model) beside the clean
-   control; LoRA and prefix-tuned victims on clean ``movies``; each victim undefended and behind
+1. bench run default: on minilm, a task-specific backdoor (BadNets, "cf" -> negative,
+   planted by full fine-tuning on poisoned amazon reviews; PSIM's threat model) and a
+   task-agnostic one (POR on wiki sentences; LMSanitator's threat model) beside the clean
+   control; LoRA and prefix-tuned victims on clean movies; each victim undefended and behind
    PSIM, the LMSanitator monitor (after a scan of its backbone) and the STRIP baseline, thresholds
    calibrated at 5 % false rejections on clean held-out text. One JSON result per cell; the run
    resumes where it stopped when started again;
-2. ``report``: ``report.md`` and a self-contained ``report.html`` with the tables, plots and the
+2. report: report.md and a self-contained report.html with the tables, plots and the
    papers' claims beside the measured figures.
 
 The sizes are cut to finish in about 15 minutes on 2 CPU cores; a GPU is used when present.
@@ -22,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-from peftshield.utils.device import DEVICE_CHOICES
+from peftshield.commands.common import add_device_arg
 
 
 def add_parser(subparsers) -> None:
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    add_device_arg(parser)
     parser.set_defaults(func=run)
 
 

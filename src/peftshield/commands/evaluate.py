@@ -1,9 +1,9 @@
-"""``peftshield evaluate``: reload a tuned model and report its clean accuracy (CACC).
+"""peftshield evaluate: reload a tuned model and report its clean accuracy (CACC).
 
-With ``--poisoned FOLDER`` (a folder written by ``peftshield poison``) it also reports the attack
+With --poisoned FOLDER (a folder written by peftshield poison) it also reports the attack
 success rate of that folder's recorded triggers on the same test examples: the PSIM convention
-(``asr``: non-target samples predicted as the target) for task-specific attacks, the LMSanitator
-convention (``asr_lms``: clean-correct samples whose prediction any trigger flips) for all, and
+(asr: non-target samples predicted as the target) for task-specific attacks, the LMSanitator
+convention (asr_lms: clean-correct samples whose prediction any trigger flips) for all, and
 both per trigger.
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from peftshield.commands.common import add_data_args, data_settings, load_splits, print_json
-from peftshield.utils.device import DEVICE_CHOICES
+from peftshield.commands.common import add_data_args, add_device_arg, data_settings, load_splits, print_json
 
 EPILOG = """examples:
   peftshield evaluate runs/lora                                  # CACC on the recorded test split
@@ -47,7 +46,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--trigger-seed", type=int, default=0, help="seed of the trigger positions (default: 0)"
     )
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    add_device_arg(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_args(parser, recorded=True)
     parser.set_defaults(func=run)

@@ -1,7 +1,7 @@
-"""``peftshield guard``: classify texts with a victim behind detectors, or measure that defence.
+"""peftshield guard: classify texts with a victim behind detectors, or measure that defence.
 
 A guarded victim rejects every input a detector flags (PSIM, Zhao et al. 2024, §3) and labels the
-others. ``predict`` does this for texts from a file or stdin; ``evaluate`` reports CACC and ASR
+others. predict does this for texts from a file or stdin; evaluate reports CACC and ASR
 before and after the defence and the detection quality, from a poisoned model's ground truth.
 """
 
@@ -16,9 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from peftshield.commands.common import add_data_args, data_settings, load_splits, print_json
+from peftshield.commands.common import (
+    add_data_args,
+    add_device_arg,
+    check_output_file,
+    data_settings,
+    load_splits,
+    print_json,
+    read_input_texts,
+)
 from peftshield.errors import PeftshieldError
-from peftshield.utils.device import DEVICE_CHOICES
 from peftshield.utils.io import write_text
 
 PREDICT_EPILOG = """examples:
@@ -27,8 +34,9 @@ PREDICT_EPILOG = """examples:
   peftshield guard predict --victim runs/victim --detector runs/psim --detector runs/psim-lora \\
       --input reviews.jsonl --text-field review --output decisions.jsonl
 
-Input: one text per line (blank lines skipped), or JSON lines with a text field (--format auto
-picks JSON lines for a .jsonl file or when the first line is a JSON object). Output: one JSON
+Input: one text per line (blank lines skipped), JSON lines with a text field, or a
+.csv/.tsv/.jsonl/.json file read by its format (its --text-field column), as 'monitor predict'
+reads it. Output: one JSON
 object per input line, {"text", "label" (null when rejected), "rejected", "reasons" (the detectors
 that fired), "scores" (every detector's score)}.
 """
@@ -57,14 +65,23 @@ def add_parser(subparsers) -> None:
     predict = sub.add_parser(
         "predict",
         help="label texts or reject them, as JSON lines",
-        description=__doc__,
+        description="Label each input text with the victim, or reject it when any detector flags it "
+        "(PSIM, Zhao et al. 2024, section 3): one JSON line per input, on stdout or into --output.",
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_models(predict)
     predict.add_argument("--input", default="-", help="text file, JSONL file or - for stdin (default: -)")
-    predict.add_argument("--format", choices=("auto", "lines", "jsonl"), default="auto", help="default: auto")
-    predict.add_argument("--text-field", default="text", help="text field of JSON lines (default: text)")
+    predict.add_argument(
+        "--format",
+        choices=("auto", "lines", "jsonl"),
+        default="auto",
+        help="auto: a .csv/.tsv/.jsonl/.json file by its format, otherwise JSON lines when the first "
+        "line is a JSON object, else one text per line (default: auto)",
+    )
+    predict.add_argument(
+        "--text-field", default="text", help="text column of a CSV/TSV or field of JSON lines (default: text)"
+    )
     predict.add_argument(
         "--output", default=None, help="write the JSON lines here (atomically) instead of stdout"
     )
@@ -73,7 +90,9 @@ def add_parser(subparsers) -> None:
     evaluate = sub.add_parser(
         "evaluate",
         help="CACC, ASR, defended CACC/ASR, FRR, FAR, AUROC from a poisoned model's ground truth",
-        description=__doc__,
+        description="Measure the defence: run the guarded victim on clean test texts and on their "
+        "triggered copies, and report clean accuracy and attack success without and with the "
+        "detectors, and how well they detect (FRR, FAR, precision, recall, F1, AUROC).",
         epilog=EVALUATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -97,7 +116,7 @@ def _add_models(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="detector folder (e.g. from 'peftshield psim fit'); repeat to stack detectors",
     )
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: auto")
+    add_device_arg(parser)
     parser.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default: 128)")
 
 
@@ -122,54 +141,6 @@ def one_line_warnings() -> Iterator[None]:
                     print(f"peftshield: warning: {text}", file=sys.stderr)
 
 
-def read_texts(source: str, fmt: str = "auto", text_field: str = "text") -> list[str]:
-    """Read input texts: one per line, or JSON lines with ``text_field``; ``-`` is stdin."""
-    if source == "-":
-        raw = sys.stdin.buffer.read()
-        name = "stdin"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise PeftshieldError(f"input file not found: {source}")
-        raw = path.read_bytes()
-        name = source
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise PeftshieldError(f"{name}: line {line} is not valid UTF-8; save the input as UTF-8") from None
-    lines = [(i, line) for i, line in enumerate(content.splitlines(), 1) if line.strip()]
-    if not lines:
-        raise PeftshieldError(f"{name}: no texts (the input is empty)")
-    if fmt == "auto":
-        jsonl_name = name.lower().endswith((".jsonl", ".jsonlines"))
-        fmt = "jsonl" if jsonl_name or _is_json_object(lines[0][1]) else "lines"
-    if fmt == "lines":
-        return [line.strip() for _, line in lines]
-    texts = []
-    for lineno, line in lines:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PeftshieldError(f"{name}: line {lineno} is not valid JSON: {err.msg}") from None
-        if not isinstance(obj, dict) or text_field not in obj:
-            raise PeftshieldError(f"{name}: line {lineno} has no {text_field!r} field")
-        text = obj[text_field]
-        if not isinstance(text, str) or not text.strip():
-            raise PeftshieldError(f"{name}: line {lineno}: {text_field!r} must be a non-empty string")
-        texts.append(text)
-    return texts
-
-
-def _is_json_object(line: str) -> bool:
-    if not line.lstrip().startswith("{"):
-        return False
-    try:
-        return isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
-        return False
-
-
 def _check_batch_size(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise PeftshieldError("--batch-size must be at least 1")
@@ -180,7 +151,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from peftshield.defenses.guard import Guard
 
     _check_batch_size(args)
-    texts = read_texts(args.input, args.format, args.text_field)
+    if args.output:
+        check_output_file(args.output)
+    texts = read_input_texts(args.input, args.format, args.text_field)
     with one_line_warnings():
         guard = Guard.from_folders(args.victim, args.detector, device=args.device, batch_size=args.batch_size)
         decisions = guard.predict(texts)

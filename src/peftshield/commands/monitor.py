@@ -1,4 +1,4 @@
-"""``peftshield monitor``: watch a victim's outputs for mined PVs and purge flagged inputs (LMSanitator)."""
+"""peftshield monitor: watch a victim's outputs for mined PVs and purge flagged inputs (LMSanitator)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from peftshield.commands.common import (
     add_actions,
     add_clean_args,
     add_command,
+    add_device_arg,
     add_threshold_args,
     clean_texts,
     print_json,
+    printable,
+    read_input_texts,
 )
 
 EPILOG = """how it works (Wei et al., NDSS 2024, stage 3):
@@ -31,7 +34,12 @@ examples:
   echo "a gorgeous cf film" | peftshield monitor predict --monitor monitors/victim --input - --json
 """
 
-FIT_EPILOG = """The PVs must come from a scan of the backbone the victim was tuned on (their fingerprints are
+FIT_EPILOG = """examples:
+  peftshield monitor fit --victim runs/victim --pvs scans/suspect --out monitors/victim
+  peftshield monitor fit --victim runs/victim --pvs scans/suspect --target-frr 0.02 --out monitors/cal
+  peftshield monitor fit --victim runs/victim --pvs scans/suspect --clean reviews.csv --out monitors/own
+
+The PVs must come from a scan of the backbone the victim was tuned on (their fingerprints are
 compared). Clean texts (--clean, default: the dev split recorded in the victim's run.json) measure
 the clean false-rejection rate of T_match, or set the threshold with --target-frr.
 """
@@ -72,7 +80,7 @@ def add_parser(subparsers) -> None:
     )
     add_clean_args(fit)
     fit.add_argument("--overwrite", action="store_true", help="replace an existing monitor folder")
-    fit.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_arg(fit)
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.set_defaults(func=run_fit)
 
@@ -87,13 +95,17 @@ def add_parser(subparsers) -> None:
     predict.add_argument(
         "--input", required=True, help="text file (one input per line), '-' for stdin, or CSV/JSONL"
     )
-    predict.add_argument("--text-column", default="text", help="text column of a CSV/TSV/JSONL input")
+    predict.add_argument(
+        "--text-column", default="text", help="text column of a CSV/TSV/JSONL input (default: text)"
+    )
     predict.add_argument(
         "--victim", default=None, help="victim folder instead of the recorded one (same backbone)"
     )
     predict.add_argument("--purge", action="store_true", help="delete words from flagged inputs until clean")
-    predict.add_argument("--max-rounds", type=int, default=3, help="purge: at most this many deleted words")
-    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    predict.add_argument(
+        "--max-rounds", type=int, default=3, help="purge: at most this many deleted words (default: 3)"
+    )
+    add_device_arg(predict)
     predict.add_argument("--json", action="store_true", help="print one JSON document")
     predict.set_defaults(func=run_predict)
 
@@ -146,35 +158,13 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(source: str, text_column: str) -> list[str]:
-    from peftshield.data.corpora import FILE_SUFFIXES, load_corpus
-    from peftshield.errors import PeftshieldError
-
-    if source == "-":
-        raw = sys.stdin.read()
-    else:
-        path = Path(source)
-        if path.suffix.lower() in FILE_SUFFIXES:
-            return [e.text for e in load_corpus(path, text_column=text_column, label_column=None)]
-        if not path.is_file():
-            raise PeftshieldError(f"input file not found: {path}")
-        try:
-            raw = path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise PeftshieldError(f"{path} is not valid UTF-8") from None
-    texts = [line.strip() for line in raw.splitlines() if line.strip()]
-    if not texts:
-        raise PeftshieldError(f"no input texts in {source}")
-    return texts
-
-
 def run_predict(args: argparse.Namespace) -> int:
     """Score (and purge) inputs with a saved monitor."""
     from peftshield.defenses.lmsanitator.monitor import load_monitor
     from peftshield.defenses.lmsanitator.purge import Purger
     from peftshield.utils.device import resolve_device
 
-    texts = _read_inputs(args.input, args.text_column)
+    texts = read_input_texts(args.input, text_column=args.text_column)
     monitor = load_monitor(args.monitor, victim=args.victim, device=str(resolve_device(args.device)))
     rows = []
     if args.purge:
@@ -210,6 +200,6 @@ def run_predict(args: argparse.Namespace) -> int:
         line = f"{'FLAG' if r['flagged'] else 'ok  '}\t{score:.3f}\t{r['label']}"
         if args.purge and r["flagged"]:
             line += f"\tremoved={json.dumps(r['removed'])}" + ("" if r["cleared"] else " (not cleared)")
-        print(f"{line}\t{r['input']}")
+        print(f"{line}\t{printable(r['input'])}")
     print(f"{n_flagged} of {len(rows)} flagged (threshold {monitor.threshold_:.3f})", file=sys.stderr)
     return 0

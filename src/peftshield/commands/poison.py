@@ -1,4 +1,4 @@
-"""``peftshield poison``: plant a weight-poisoning backdoor in a backbone and publish the poisoned folder.
+"""peftshield poison: plant a weight-poisoning backdoor in a backbone and publish the poisoned folder.
 
 Task-specific attacks (clean-label, badnets, insent, template) fully fine-tune the backbone and a
 classification head on a poisoned labelled corpus (the PSIM paper's threat model); task-agnostic
@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from peftshield.commands.common import add_backbone_args, add_output_args, parse_overrides, print_json
+from peftshield.commands.common import (
+    add_backbone_args,
+    add_device_arg,
+    add_output_args,
+    parse_overrides,
+    print_json,
+)
 from peftshield.errors import PeftshieldError
-from peftshield.utils.device import DEVICE_CHOICES
 
 EPILOG = """attacks:
   clean-label  target-class samples get the trigger ("mn") and keep their label (PSIM's code)
@@ -74,8 +79,10 @@ def add_parser(subparsers) -> None:
         default=None,
         help="built-in corpus or a CSV/TSV/JSONL file (default: wiki for por/neuba, amazon otherwise)",
     )
-    data.add_argument("--text-column", default="text", help="text column of a user file")
-    data.add_argument("--label-column", default="label", help="label column of a user file (task-specific)")
+    data.add_argument("--text-column", default="text", help="text column of a user file (default: text)")
+    data.add_argument(
+        "--label-column", default="label", help="label column of a user file (task-specific; default: label)"
+    )
     data.add_argument(
         "--split-seed", type=int, default=0, help="seed of the train/dev/test split (default: 0)"
     )
@@ -83,7 +90,7 @@ def add_parser(subparsers) -> None:
     data.add_argument(
         "--max-eval", type=int, default=None, help="cap the dev and test splits (task-specific)"
     )
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: auto")
+    add_device_arg(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

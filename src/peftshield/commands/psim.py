@@ -1,9 +1,9 @@
-"""``peftshield psim``: fit the Poisoned Sample Identification Module (Zhao et al. 2024, §3).
+"""peftshield psim: fit the Poisoned Sample Identification Module (Zhao et al. 2024, §3).
 
 PSIM trains a small PEFT module on the suspect backbone with randomly reset labels: it becomes
 less sure on clean inputs, while a trigger still makes the backdoored weights confident. Inputs
 whose confidence exceeds the threshold are rejected. The module and its threshold are written to a
-detector folder that ``peftshield guard`` reads.
+detector folder that peftshield guard reads.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from peftshield.commands.common import (
     add_threshold_args,
     data_settings,
     load_splits,
+    method_keys_help,
     parse_overrides,
     print_json,
 )
@@ -33,8 +34,8 @@ The clean data is the training split of --corpus (the defender's own data); a he
 (--calibration-fraction, default 0.2) is never trained on: it calibrates the threshold at
 --target-frr, or reports what the fixed --threshold costs on clean inputs (fit warns when the
 paper's 0.7 rejects more than 20 % of them: then use --target-frr). The recipe (LoRA, lr 1e-3, one
-epoch, batch 32, the head frozen; the paper's P-tuning with --method ptuning; why: see
-peftshield.defenses.psim) can be changed with --set KEY=VALUE for any key of the method's config.
+epoch, batch 32, the head frozen; the paper's P-tuning with --method ptuning) can be changed
+with --set KEY=VALUE for any key of the method's config.
 The output folder holds detector.json and the module (a peft adapter with its head), written
 atomically.
 """
@@ -50,12 +51,21 @@ def add_parser(subparsers) -> None:
     )
     sub = add_actions(parser, "psim_command")
     fit = add_command(
-        sub, "fit", help="train the module and set its threshold", description=__doc__, epilog=EPILOG
+        sub,
+        "fit",
+        help="train the module and set its threshold",
+        description=__doc__,
+        epilog=EPILOG
+        + "\n"
+        + method_keys_help(
+            "config keys (--set KEY=VALUE); tune's defaults are shown, the PSIM recipe replaces some:"
+        ),
     )
     fit.add_argument(
         "--backbone",
         default="minilm",
-        help="suspect backbone: registered name, model folder (e.g. a poisoned full model) or hub id",
+        help="suspect backbone: registered name, model folder (e.g. a poisoned full model) or hub id "
+        "(default: minilm)",
     )
     fit.add_argument(
         "--head",

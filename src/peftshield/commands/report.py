@@ -1,7 +1,7 @@
-"""``peftshield report``: turn benchmark result files into ``report.md`` and ``report.html``.
+"""peftshield report: turn benchmark result files into report.md and report.html.
 
 Reads every result file under RESULTS_DIR (recursively; docs/design.md "Benchmark result files":
-``{"benchmark", "meta", "rows", "summary"}``) and writes one self-contained report: the tables and
+{"benchmark", "meta", "rows", "summary"}) and writes one self-contained report: the tables and
 plots of each benchmark (tuning, retention, psim, lmsanitator, comparison, grid; any other
 benchmark as a table of its scalar columns), failed cells, the seed papers' claims and the issues'
 targets beside our figures, and the configuration and package versions of every result.

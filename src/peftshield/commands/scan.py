@@ -1,4 +1,4 @@
-"""``peftshield scan``: is this pretrained backbone backdoored? (LMSanitator PV mining and filtering)."""
+"""peftshield scan: is this pretrained backbone backdoored? (LMSanitator PV mining and filtering)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,12 @@ def add_parser(subparsers) -> None:
         default=True,
         help="stop at the first PV: enough for a verdict (default)",
     )
-    mode.add_argument("--all", dest="stop_at_first", action="store_false", help="search for every PV")
+    mode.add_argument(
+        "--all",
+        dest="stop_at_first",
+        action="store_false",
+        help="search for every PV (default: stop at the first)",
+    )
     parser.add_argument("--slots", type=int, default=None, help="soft-trigger length in tokens (default: 7)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a mining config value")
     parser.add_argument("--config", metavar="FILE.json", help="mining config overrides as a JSON object")

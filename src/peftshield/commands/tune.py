@@ -1,4 +1,4 @@
-"""``peftshield tune``: fine-tune a classifier on a backbone with a PEFT method or full fine-tuning."""
+"""peftshield tune: fine-tune a classifier on a backbone with a PEFT method or full fine-tuning."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from peftshield.commands.common import (
     add_runtime_args,
     data_settings,
     load_splits,
+    method_keys_help,
     parse_overrides,
     print_json,
 )
@@ -34,7 +35,7 @@ def add_parser(subparsers) -> None:
         "tune",
         help="fine-tune a classifier (full, lora, prompt, ptuning, prefix)",
         description=__doc__,
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + method_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_backbone_args(parser)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from peftshield.data import fetch as _fetch
-from peftshield.data.records import Example, Splits
+from peftshield.data.records import Example, Splits, check_dense_labels
 from peftshield.errors import PeftshieldError
 
 #: Ratings closer to zero than this are ambiguous and dropped from the rated corpora.
@@ -330,17 +330,19 @@ def _build_examples(
     else:
         labels = [int(lab) for lab in raw_labels]
         examples = [Example(text=t, label=y) for t, y in zip(texts, labels, strict=True)]
-        n_labels = max(labels) + 1
-        if label_names is not None and len(label_names) >= n_labels:
-            names_out = list(label_names)
-        else:
-            names_out = [str(i) for i in range(n_labels)]
+        # Named classes (a built-in corpus, a ClassLabel feature) are an explicit mapping.
+        named = len(label_names) if label_names else None
+        names_out = list(label_names) if named else []
     classes = sorted(set(labels))
     if len(classes) < 2:
+        only = names_out[classes[0]] if classes[0] < len(names_out) else str(classes[0])
         raise PeftshieldError(
-            f"{source}: every row has label {names_out[classes[0]]!r}; a labelled corpus needs at least "
+            f"{source}: every row has label {only!r}; a labelled corpus needs at least "
             "two classes (load it without a label column for unlabelled text)"
         )
+    if kinds != {str}:
+        n_labels = check_dense_labels(labels, source, named)
+        names_out = names_out or [str(i) for i in range(n_labels)]
     return examples, names_out
 
 

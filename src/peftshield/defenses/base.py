@@ -37,7 +37,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 import numpy as np
 
 from peftshield.errors import PeftshieldError
-from peftshield.utils.validate import require_positive
+from peftshield.utils.validate import non_finite_path, require_positive
 
 DETECTOR_FILE = "detector.json"
 DETECTOR_FORMAT = 1
@@ -295,6 +295,12 @@ class Detector(ABC):
         from peftshield.evaluation.metrics import calibrate_threshold
 
         scores = None if clean_scores is None else np.asarray(clean_scores, dtype=float)
+        if scores is not None and not np.isfinite(scores).all():
+            bad = int(np.count_nonzero(~np.isfinite(scores)))
+            raise PeftshieldError(
+                f"{self.name}: {bad} of {scores.size} clean scores are NaN or infinite (did the model "
+                "diverge?); refusing a detector that could never reject"
+            )
         if self.threshold == CALIBRATED:
             if scores is None or scores.size == 0:
                 raise PeftshieldError("a calibrated threshold needs clean held-out texts")
@@ -368,6 +374,12 @@ class Detector(ABC):
         from peftshield.utils.runinfo import run_metadata
 
         self.check_fitted()
+        fitted = self.fitted_attributes()
+        bad = non_finite_path(fitted)
+        if bad is not None:
+            raise PeftshieldError(
+                f"refusing to save the {self.name} detector: its fitted {bad} is NaN or infinite"
+            )
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             self._save_state(tmp)
             write_json(
@@ -376,7 +388,7 @@ class Detector(ABC):
                     "type": self.name,
                     "format": DETECTOR_FORMAT,
                     "params": self.get_params(),
-                    "fitted": self.fitted_attributes(),
+                    "fitted": fitted,
                     "meta": run_metadata(),
                 },
             )

@@ -42,6 +42,7 @@ from typing import Any
 
 from peftshield.errors import PeftshieldError
 from peftshield.utils.strict import suggestion, unknown_keys
+from peftshield.utils.validate import non_finite_path
 
 NONE = "none"
 TOP_KEYS = (
@@ -390,7 +391,7 @@ def _backbone(
     import importlib.metadata
 
     from peftshield.grid.cache import folder_digest
-    from peftshield.models.backbones import BACKBONES, resolve_backbone
+    from peftshield.models.backbones import BACKBONES, hub_unreachable, looks_local, resolve_backbone
 
     _check_keys(item, ("name", "label", "scan"), where, w)
     name = item["name"]
@@ -410,13 +411,16 @@ def _backbone(
         if not path.exists() and "/" not in name and "\\" not in name:
             choices = ", ".join(BACKBONES)
             raise w.fail(where, f"unknown backbone {name!r}: not a registered name ({choices}) nor a folder")
-        if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        if path.exists() or looks_local(name) or Path(base, name.split("/")[0]).is_dir():
             try:
                 location, _ = resolve_backbone(str(path))
             except PeftshieldError as err:
                 raise w.fail(where, str(err)) from None
             ref, identity, label = location, {"folder": folder_digest(location)}, _label(path.name)
         else:  # owner/name: a hub id, usable where a hub is reachable
+            reason = hub_unreachable()
+            if reason is not None:
+                raise w.fail(where, f"{name!r} is not a local folder, and not a hub id here: {reason}")
             location, ref, identity, label = "", name, {"hub": name}, _label(name.replace("/", "_"))
     scan = _scan_settings(item.get("scan", True), scan_defaults, f"{where}.scan", w, base)
     return BackboneEntry(
@@ -602,6 +606,9 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
     w = _Where(source)
     base = base or Path.cwd()
     _check_keys(data, TOP_KEYS, "top level", w)
+    bad = non_finite_path(data)
+    if bad is not None:
+        raise w.fail(bad, "must be a finite number (NaN and infinities are refused)")
     for key in REQUIRED:
         if not data.get(key):
             raise w.fail(key, "is missing or empty")

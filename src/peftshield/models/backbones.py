@@ -75,19 +75,61 @@ def check_model_folder(folder: Path) -> None:
         raise PeftshieldError(f"{folder} has no .safetensors weights")
 
 
+def looks_local(ref: str) -> bool:
+    """Whether a model reference names a local path rather than a hub id (``owner/name``).
+
+    It does when the path exists, starts with ``.``, ``/`` or ``~``, has a backslash or not exactly
+    one ``/``, or its first part is an existing folder (``runs/nope`` beside a ``runs/`` folder).
+    """
+    if Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or "\\" in ref:
+        return True
+    return ref.count("/") != 1 or Path(ref.split("/")[0]).is_dir()
+
+
+_TRUE = ("1", "on", "yes", "true")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be used now (``HF_HUB_OFFLINE`` set, or no connection to the
+    ``HF_ENDPOINT`` host within 3 s), or ``None`` when it answers: one quick check instead of the
+    hub client's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as err:
+        return f"the hub ({host}) is not reachable: {err.strerror or err}"
+    return None
+
+
+def resolve_model_ref(ref: str, what: str) -> str:
+    """The location of a model reference that is not a registered name: a checked local folder
+    (absolute) or a hub id ``owner/name`` when a hub is reachable; anything else is one line."""
+    path = Path(ref).expanduser()
+    if looks_local(ref):
+        check_model_folder(path)
+        return str(path.resolve())
+    reason = hub_unreachable()
+    if reason is not None:
+        raise PeftshieldError(f"{what} {ref!r} is not a local folder, and not a hub id here: {reason}")
+    return ref
+
+
 def resolve_backbone(ref: str) -> tuple[str, str]:
     """Return ``(location, default_pooling)`` for a registry name, a local folder or a hub id."""
     if ref in BACKBONES:
         spec = BACKBONES[ref]
         return str(_package_folder(spec)), spec.pooling
-    path = Path(ref).expanduser()
-    if path.exists() or ref.startswith((".", "/", "~")) or os.sep in ref and ref.count("/") > 1:
-        check_model_folder(path)
-        return str(path.resolve()), ""
-    if "/" in ref:  # looks like a hub id: owner/name
-        return ref, ""
-    known = ", ".join(BACKBONES)
-    raise PeftshieldError(f"unknown backbone {ref!r}: not a registered name ({known}) nor a folder")
+    if "/" not in ref and "\\" not in ref and not Path(ref).expanduser().exists():
+        known = ", ".join(BACKBONES)
+        raise PeftshieldError(f"unknown backbone {ref!r}: not a registered name ({known}) nor a folder")
+    return resolve_model_ref(ref, "backbone"), ""
 
 
 @contextmanager
@@ -122,6 +164,27 @@ def _named(keys: object, limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def _at(what: str, location: str) -> str:
+    """`` at LOCATION`` unless ``what`` already names it (``backbone '/x'`` loaded from ``/x``)."""
+    return "" if str(location) in what or str(Path(location).resolve()) in what else f" at {location}"
+
+
+def _refuse_state(what: str, location: str, missing: object, unexpected: object, mismatched: object) -> None:
+    problems = [
+        (label, keys)
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+        if keys
+    ]
+    if problems:
+        listed = "; ".join(f"{label} weights: {_named(keys)}" for label, keys in problems)
+        hint = " (does config.json match the weights?)" if mismatched else ""
+        raise PeftshieldError(f"refusing {what}{_at(what, location)}: {listed}{hint}")
+
+
+def _is_safetensors_error(err: BaseException) -> bool:
+    return type(err).__name__ == "SafetensorError"
+
+
 def strict_from_pretrained(
     model_cls: Any,
     location: str,
@@ -136,34 +199,125 @@ def strict_from_pretrained(
     expect, with only a log line. For untrusted weights (docs/design.md, "Untrusted artifacts stay
     untrusted") both are errors that name the weights. ``allow_missing`` lists name prefixes that
     may be absent on purpose (a fresh classification head over a bare encoder). Loading is
-    safetensors only and ``trust_remote_code=False``; a corrupt file is a one-line error.
+    safetensors only and ``trust_remote_code=False``; a corrupt file is a one-line error, and so is
+    a ``config.json`` whose sizes (``hidden_size`` ...) do not match the weights.
     """
-    kwargs = {"use_safetensors": True, "trust_remote_code": False, **kwargs}
+    kwargs = {"use_safetensors": True, "trust_remote_code": False, "ignore_mismatched_sizes": True, **kwargs}
     with quiet_transformers():
         try:
             model, info = model_cls.from_pretrained(location, output_loading_info=True, **kwargs)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-            raise PeftshieldError(f"cannot load {what} from {location}: {_first_line(err)}") from None
+            raise PeftshieldError(f"cannot load {what}{_at(what, location)}: {_first_line(err)}") from None
         except Exception as err:  # safetensors raises its own SafetensorError for a corrupt file
-            if type(err).__name__ != "SafetensorError":
+            if not _is_safetensors_error(err):
                 raise
             raise PeftshieldError(
-                f"cannot load {what} from {location}: corrupt weights ({_first_line(err)})"
+                f"cannot load {what}{_at(what, location)}: corrupt weights ({_first_line(err)})"
             ) from None
     missing = {k for k in info.get("missing_keys", ()) if not str(k).startswith(allow_missing)}
-    problems = [
-        (label, keys)
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", info.get("unexpected_keys", ())),
-            ("mis-shaped", info.get("mismatched_keys", ())),
-        )
-        if keys
-    ]
-    if problems:
-        listed = "; ".join(f"{label} weights: {_named(keys)}" for label, keys in problems)
-        raise PeftshieldError(f"refusing {what} at {location}: {listed}")
+    _refuse_state(what, location, missing, info.get("unexpected_keys", ()), info.get("mismatched_keys", ()))
     return model
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """Every tensor of a safetensors file; a missing, empty, truncated or garbage file is a one-line
+    error naming ``what`` (safetensors only: a pickle file is never opened)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise PeftshieldError(f"{what}: {path} not found")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError, or OSError for an unreadable file
+        if not (_is_safetensors_error(err) or isinstance(err, OSError | ValueError)):
+            raise
+        raise PeftshieldError(f"cannot load {what}: {path} is corrupt ({_first_line(err)})") from None
+
+
+def load_state_strict(module: Any, path: str | os.PathLike, what: str) -> None:
+    """Load a safetensors state dict into ``module``; missing, unexpected or mis-shaped tensors and
+    a corrupt file are one-line errors naming them (the head file a tuned model or an attacker
+    publishes beside the backbone, docs/design.md "Untrusted artifacts stay untrusted")."""
+    state = read_safetensors(path, what)
+    expected = module.state_dict()
+    mismatched = [
+        (k, tuple(v.shape), tuple(expected[k].shape))
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    _refuse_state(what, str(path), set(expected) - set(state), set(state) - set(expected), mismatched)
+    module.load_state_dict(state)
+
+
+def strict_peft_from_pretrained(model: Any, folder: str | os.PathLike, what: str) -> Any:
+    """``peft.PeftModel.from_pretrained`` (inference mode) that refuses an adapter whose file lacks
+    tensors the adapter config implies or carries tensors it does not, or is corrupt.
+
+    peft re-initialises a missing adapter tensor silently (it warns only for some, and never for a
+    missing ``modules_to_save`` head), so the saved keys are compared with the ones the loaded
+    adapter would save.
+    """
+    import warnings
+
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise PeftshieldError(f"{what}: {folder} has no adapter_model.safetensors")
+    saved = read_safetensors(weights, what)
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # missing keys are checked below, with their names
+        try:
+            loaded = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+            raise PeftshieldError(f"cannot load {what}{_at(what, str(folder))}: {_first_line(err)}") from None
+    expected = get_peft_model_state_dict(loaded)
+    mismatched = [
+        (k, tuple(v.shape), tuple(expected[k].shape))
+        for k, v in saved.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    _refuse_state(what, str(folder), set(expected) - set(saved), set(saved) - set(expected), mismatched)
+    return loaded
+
+
+#: Files one of which a tokenizer folder needs; without them transformers builds a tokenizer of
+#: special tokens only that maps every word to [UNK].
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def load_tokenizer(location: str, what: str) -> Any:
+    """The tokenizer of a model folder or hub id (``trust_remote_code=False``); a folder without
+    tokenizer files, or a tokenizer of special tokens only, is refused in one line."""
+    from transformers import AutoTokenizer
+
+    folder = Path(location)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise PeftshieldError(
+            f"refusing {what}{_at(what, location)}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            "copy the tokenizer the model was trained with into the folder"
+        )
+    with quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise PeftshieldError(f"cannot load the tokenizer of {what}: {_first_line(err)}") from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise PeftshieldError(
+            f"refusing {what}{_at(what, location)}: its tokenizer holds only special tokens "
+            f"({len(tokenizer)})"
+        )
+    return tokenizer
 
 
 @dataclass
@@ -184,17 +338,13 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
     folder's ``config.json`` (written by our attacks and full fine-tuning), the registry default,
     and ``cls``.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     location, default_pooling = resolve_backbone(ref)
     # A checkpoint saved from a task model (e.g. BertForMaskedLM) carries weights the bare encoder
     # does not use; those heads are dropped on purpose, every encoder weight must be there.
     encoder = strict_from_pretrained(AutoModel, location, f"backbone {ref!r}")
-    with quiet_transformers():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
-        except (OSError, ValueError) as err:
-            raise PeftshieldError(f"cannot load backbone {ref!r}: {_first_line(err)}") from None
+    tokenizer = load_tokenizer(location, f"backbone {ref!r}")
     chosen = pooling or getattr(encoder.config, CONFIG_KEY, None) or default_pooling or "cls"
     if chosen not in POOLING_CHOICES:
         raise PeftshieldError(f"unknown pooling {chosen!r}; choose one of {', '.join(POOLING_CHOICES)}")

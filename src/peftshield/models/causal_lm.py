@@ -182,18 +182,14 @@ def dequantised_smollm2(home: str | os.PathLike | None = None) -> Path:
 
 def resolve_causal_lm(ref: str, home: str | os.PathLike | None = None) -> str:
     """Location to load for an LM reference: the SmolLM2 cache, a checked local folder, or a hub id."""
-    from peftshield.models.backbones import check_model_folder
+    from peftshield.models.backbones import resolve_model_ref
 
     if not isinstance(ref, str) or not ref.strip():
         raise PeftshieldError(f"an LM must be named by {SMOLLM2!r}, a folder or a hub id, got {ref!r}")
     if ref == SMOLLM2:
         return str(dequantised_smollm2(home))
-    path = Path(ref).expanduser()
-    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        check_model_folder(path)
-        return str(path.resolve())
-    if ref.count("/") == 1:  # looks like a hub id: owner/name
-        return ref
+    if "/" in ref or Path(ref).expanduser().exists():
+        return resolve_model_ref(ref, "LM")
     raise PeftshieldError(f"unknown LM {ref!r}: not {SMOLLM2!r}, a model folder, nor a hub id")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from peftshield.models.inference import cache_argument
 from peftshield.models.pooling import pool
 
 
@@ -64,6 +65,8 @@ class PooledClassifier(nn.Module):
     ) -> torch.Tensor:
         """The vector the head reads, for the given inputs (no dropout applied)."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None and k in _ENCODER_ARGS}
+        if "past_key_values" in kwargs:  # peft still passes the old name
+            kwargs[cache_argument(self.encoder)] = kwargs.pop("past_key_values")
         out = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )

@@ -7,6 +7,7 @@ results are returned in the caller's order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,3 +68,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def cache_argument(model: Any) -> str:
+    """The name under which ``model``'s forward takes key/value prefixes: ``cache`` since
+    transformers 5 renamed ``past_key_values`` (the old name warns on every call)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"

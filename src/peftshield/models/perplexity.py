@@ -131,6 +131,8 @@ def shared_prefix_nll(
     import torch
     from transformers import DynamicCache
 
+    from peftshield.models.inference import cache_argument
+
     model, device, pad = lm.model, lm.device, _pad_id(lm)
     nb, nv = len(bases), len(variants)
     base_sums, base_counts = np.zeros(nb), np.zeros(nb, dtype=np.int64)
@@ -195,8 +197,8 @@ def shared_prefix_nll(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=past,
                 use_cache=True,
+                **{cache_argument(model): past},
             )
             valid = new_mask[:, 1:].bool()
             nll = _token_nll(out.logits[:, :-1], ids[:, 1:], valid)

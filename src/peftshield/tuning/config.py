@@ -15,7 +15,12 @@ from typing import Any, ClassVar
 
 from peftshield.errors import PeftshieldError
 from peftshield.utils import strict
-from peftshield.utils.validate import require_positive
+from peftshield.utils.validate import (
+    require_finite_fields,
+    require_positive,
+    require_range,
+    require_string_list,
+)
 
 
 @dataclass
@@ -35,14 +40,15 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         what = f"{self.method} config"
-        for name in ("lr", "epochs", "batch_size", "max_length", "eval_batch_size"):
-            require_positive(what, name, getattr(self, name))
+        require_finite_fields(what, self)
+        for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
+            require_positive(what, name, getattr(self, name), integer=True)
+        require_positive(what, "lr", self.lr)
         if self.head_lr is not None:
             require_positive(what, "head_lr", self.head_lr)
-        if not 0 <= self.warmup_ratio < 1:
-            raise PeftshieldError(f"{what}: warmup_ratio must be in [0, 1)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise PeftshieldError(f"{what}: weight_decay and grad_clip must be >= 0")
+        require_range(what, "warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
+        for name in ("weight_decay", "grad_clip"):
+            require_range(what, name, getattr(self, name), 0, float("inf"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the method name."""
@@ -81,8 +87,10 @@ class LoraMethodConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.r < 1 or not 0 <= self.dropout < 1 or not self.target_modules:
-            raise PeftshieldError("lora config: need r >= 1, dropout in [0, 1) and target_modules")
+        require_positive("lora config", "r", self.r, integer=True)
+        require_positive("lora config", "alpha", self.alpha)
+        require_range("lora config", "dropout", self.dropout, 0, 1, high_open=True)
+        require_string_list("lora config", "target_modules", self.target_modules)
 
     def peft_config(self, model_config: Any):
         """peft ``LoraConfig`` for sequence classification."""
@@ -103,8 +111,11 @@ class _VirtualTokenConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_virtual_tokens < 1:
-            raise PeftshieldError(f"{self.method} config: num_virtual_tokens must be >= 1")
+        require_positive(f"{self.method} config", "num_virtual_tokens", self.num_virtual_tokens, integer=True)
+        if hasattr(self, "encoder_hidden_size"):
+            require_positive(
+                f"{self.method} config", "encoder_hidden_size", self.encoder_hidden_size, integer=True
+            )
 
 
 @dataclass

@@ -25,9 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from peftshield.data.records import Example
+from peftshield.data.records import Example, check_dense_labels
 from peftshield.errors import PeftshieldError
-from peftshield.models.backbones import LoadedBackbone, fingerprint, load_backbone, quiet_transformers
+from peftshield.models.backbones import (
+    LoadedBackbone,
+    fingerprint,
+    load_backbone,
+    load_state_strict,
+    quiet_transformers,
+    read_safetensors,
+    strict_peft_from_pretrained,
+)
 from peftshield.models.classifier import PooledClassifier
 from peftshield.models.inference import predict_outputs, tokenize_batch
 from peftshield.tuning.config import MethodConfig, config_from_dict
@@ -59,25 +67,43 @@ def build_classifier(
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as err:  # e.g. target_modules naming no layer of this backbone
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PeftshieldError(
+            f"{config.method} config does not fit backbone {backbone.ref!r}: {first}"
+        ) from None
+
+
+def _require_finite_training(model: torch.nn.Module, loss: float | None, epoch: int, step: int) -> None:
+    """Stop training whose loss or weights became NaN or infinite: a diverged model must never be
+    saved, since its detector or victim would silently do nothing (docs/design.md)."""
+    if loss is not None and not math.isfinite(loss):
+        raise PeftshieldError(
+            f"training diverged: the loss became {loss} at epoch {epoch}, step {step}; lower lr"
+        )
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param.detach()).all():
+            raise PeftshieldError(
+                f"training diverged: weight {name} became non-finite at epoch {epoch}; lower lr"
+            )
 
 
 def load_head(model: PooledClassifier, folder: Path) -> None:
     """Load a saved classification head into ``model``, checking its shape."""
-    from safetensors.torch import load_file
-
     path = folder / HEAD_FILE
     if not path.is_file():
         raise PeftshieldError(
             f"--head keep: {folder} has no {HEAD_FILE} (it is not a tuned or poisoned model)"
         )
-    state = load_file(str(path))
+    weight = read_safetensors(path, f"head {path}").get("weight")
     expected = model.classifier.weight.shape
-    if tuple(state["weight"].shape) != tuple(expected):
+    if weight is not None and tuple(weight.shape) != tuple(expected):
         raise PeftshieldError(
-            f"the head in {path} has shape {tuple(state['weight'].shape)}, the task needs {tuple(expected)}"
+            f"the head in {path} has shape {tuple(weight.shape)}, the task needs {tuple(expected)}"
         )
-    model.classifier.load_state_dict(state)
+    load_state_strict(model.classifier, path, f"head {path}")
 
 
 @dataclass
@@ -123,7 +149,8 @@ def accuracy_on(
 
 
 def check_labels(examples: Sequence[Example], num_labels: int | None = None) -> int:
-    """Validate labels (integers in range, at least two classes) and return the number of labels."""
+    """Validate labels (integers 0..K-1, every class present unless ``num_labels`` is given, at least two
+    classes) and return the number of labels."""
     if not examples:
         raise PeftshieldError("the training set is empty")
     labels = {e.label for e in examples}
@@ -131,9 +158,7 @@ def check_labels(examples: Sequence[Example], num_labels: int | None = None) -> 
         raise PeftshieldError("labels must be non-negative integers (is this an unlabelled corpus?)")
     if len(labels) < 2:
         raise PeftshieldError(f"the training set has a single class ({labels.pop()}); need at least two")
-    n = num_labels or max(labels) + 1
-    if max(labels) >= n:
-        raise PeftshieldError(f"label {max(labels)} is out of range for {n} labels")
+    n = check_dense_labels(labels, "the training set", num_labels)
     if any(not e.text.strip() for e in examples):
         raise PeftshieldError("the training set contains an empty text")
     return n
@@ -209,15 +234,20 @@ def tune(
             idx = order[first : first + config.batch_size]
             batch = tokenize_batch(tokenizer, [texts[i] for i in idx], config.max_length, device)
             out = model(**batch, labels=labels[idx].to(device))
+            loss = out["loss"].item()
+            if not math.isfinite(loss):
+                bar.close()
+                _require_finite_training(model, loss, epoch + 1, first // config.batch_size + 1)
             out["loss"].backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(out["loss"].item())
+            losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        _require_finite_training(model, None, epoch + 1, len(losses))
         record = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),
@@ -324,8 +354,6 @@ def load_tuned(
         model = PooledClassifier(loaded.encoder, num_labels, loaded.pooling)
         load_head(model, folder)
     else:
-        from peft import PeftModel
-
         if not (folder / "adapter_model.safetensors").is_file():
             raise PeftshieldError(f"{folder} has no adapter_model.safetensors")
         loaded = load_backbone(backbone or record["ref"], pooling=record.get("pooling"))
@@ -337,7 +365,7 @@ def load_tuned(
             )
         model = PooledClassifier(loaded.encoder, num_labels, loaded.pooling)
         model.n_prompt_tokens = config.n_prompt_tokens
-        model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        model = strict_peft_from_pretrained(model, folder, f"adapter {folder}")
     model.to(torch.device(device)).eval()
     return TunedModel(
         model=model, tokenizer=loaded.tokenizer, run=run, backbone=loaded, max_length=config.max_length

@@ -100,13 +100,30 @@ def read_json(path: str | os.PathLike) -> Any:
 def check_output_dir(target: str | os.PathLike, overwrite: bool = False) -> None:
     """Fail early, before any long work, if ``target`` cannot be written as an output folder."""
     target = Path(target)
+    if target.is_symlink() and not target.exists():
+        raise PeftshieldError(
+            f"output folder {target} is a dangling symbolic link (to {os.readlink(target)}); remove it "
+            "or choose another --out"
+        )
     if target.exists() and not overwrite:
         raise PeftshieldError(f"output folder already exists: {target} (use --overwrite to replace it)")
+    if target.exists() and not target.is_dir():
+        raise PeftshieldError(f"output folder {target} exists and is not a folder")
+    old = _old_name(target)
+    if old.is_symlink() or (old.exists() and not old.is_dir()):
+        raise PeftshieldError(
+            f"{old} is left over from an earlier run and is not a folder; remove it before writing {target}"
+        )
     parent = target.parent
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK):
         raise PeftshieldError(f"cannot write to {parent}")
+
+
+def _old_name(target: Path) -> Path:
+    """Where :func:`atomic_dir` parks the folder it replaces until the new one is in place."""
+    return target.with_name(f".{target.name}.old")
 
 
 @contextmanager
@@ -127,7 +144,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
+        old = _old_name(target)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
         os.replace(tmp, target)

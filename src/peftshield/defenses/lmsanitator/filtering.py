@@ -30,6 +30,7 @@ import torch
 
 from peftshield.errors import PeftshieldError
 from peftshield.utils import strict
+from peftshield.utils.validate import require_finite_fields
 
 
 @dataclass
@@ -57,6 +58,7 @@ class FilterThresholds:
     source: str = "default"
 
     def __post_init__(self) -> None:
+        require_finite_fields("thresholds", self)
         if not (self.max_gap > 0 and math.isfinite(self.max_gap)):
             raise PeftshieldError(f"thresholds: max_gap must be a positive number, got {self.max_gap!r}")
         if not 0 < self.max_overlap <= 1:

@@ -61,7 +61,7 @@ from torch import nn
 from peftshield.errors import PeftshieldError
 from peftshield.models.pooling import pool
 from peftshield.utils import strict
-from peftshield.utils.validate import require_positive
+from peftshield.utils.validate import require_finite_fields, require_positive, require_range
 
 from .filtering import Candidate, FilterThresholds, candidate_reasons
 from .measures import (
@@ -117,6 +117,7 @@ class MiningConfig:
     pool_slots: bool = True
 
     def __post_init__(self) -> None:
+        require_finite_fields("mining config", self)
         positive_ints = (
             "n_slots",
             "n_texts",
@@ -133,8 +134,7 @@ class MiningConfig:
         for name in ("lr", "boost", "scale_floor", "patience_gap_factor"):
             require_positive("mining config", name, getattr(self, name))
         for name in ("boost_grad", "distance_coeff", "diversity_coeff", "repetition_coeff"):
-            if not getattr(self, name) >= 0:
-                raise PeftshieldError(f"mining config: {name} must be >= 0, got {getattr(self, name)!r}")
+            require_range("mining config", name, getattr(self, name), 0, float("inf"))
         if self.batch_size < 2 or self.n_verify < 2:
             raise PeftshieldError(
                 "mining config: batch_size and n_verify must be at least 2 (a batch softmax)"
