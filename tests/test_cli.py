@@ -111,3 +111,56 @@ def test_demo_stages_parse_into_the_commands_they_name(tmp_path):
     assert [p.command for p in parsed] == ["bench", "report"]
     assert parsed[0].func.__module__ == bench.__name__ and parsed[1].func.__module__ == report.__name__
     assert parsed[0].results == str(tmp_path / "demo" / "results")
+
+
+def _command_paths() -> list[list[str]]:
+    """Every command and sub-command of ``peftshield``, read from the parser itself."""
+    import argparse
+
+    from peftshield.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield [*path, name]
+                    yield from walk(sub, [*path, name])
+
+    return list(walk(build_parser(), []))
+
+
+def example_lines(help_text: str, command: list[str]) -> list[str]:
+    """Lines under an ``examples:`` heading that run ``peftshield COMMAND ...`` (possibly piped into)."""
+    lines = help_text.splitlines()
+    if "examples:" not in lines:
+        return []
+    start = lines.index("examples:") + 1
+    wanted = "peftshield " + " ".join(command)
+    found = []
+    for line in lines[start:]:
+        if line and not line[0].isspace():
+            break  # the next section
+        text = line.strip()
+        if text == wanted or text.startswith(wanted + " ") or f"| {wanted}" in text:
+            found.append(text)
+    return found
+
+
+def test_example_lines_are_recognised_and_a_bare_help_is_not():
+    help_text = (
+        "usage: peftshield x\n\noptions:\n  --out OUT  (default: x)\n\nexamples:\n  peftshield x --out a\n"
+    )
+    assert example_lines(help_text, ["x"]) == ["peftshield x --out a"]
+    assert example_lines("usage: peftshield x\n\noptions:\n  --example  see peftshield x\n", ["x"]) == []
+    assert example_lines(help_text, ["y"]) == []  # an example of another command does not count
+
+
+@pytest.mark.parametrize("command", _command_paths(), ids=" ".join)
+def test_cli_help_teaches(command, capsys):
+    """Each command's --help holds at least one example line that runs that very command."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: peftshield " + " ".join(command))
+    assert example_lines(out, command), f"`peftshield {' '.join(command)} --help` has no example line"

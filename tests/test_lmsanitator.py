@@ -439,12 +439,3 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(victim, por_scan, tiny_ber
 def test_cli_scan_of_the_clean_model(tiny_bert, texts_csv, thresholds_file):
     report = _run_json(scan_args(tiny_bert, texts_csv, thresholds_file, "--attempts", "2"))
     assert report["verdict"] == "clean" and report["n_pvs"] == 0 and report["out"] is None
-
-
-@pytest.mark.parametrize("command", [["scan"], ["monitor"], ["monitor", "fit"], ["monitor", "predict"]])
-def test_cli_help_teaches(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([*command, "--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert "usage: peftshield" in out and ("example" in out or "--" in out)

@@ -67,15 +67,41 @@ def test_head_is_saved_with_the_adapter(tiny_bert, tmp_path):
 
 
 def test_prefix_tuning_goes_through_our_pooling(tiny_bert):
-    # peft bypasses a forward without an explicit past_key_values argument and reads the
-    # backbone's own pooler instead; the logits must equal our head on our pooled vector.
+    """The prefix-tuned logits are the head over OUR pooled vector, not over peft's pooler path.
+
+    peft bypasses a forward without an explicit ``past_key_values`` argument and reads the
+    backbone's pooler output instead. Here the pooled vector is recomputed independently (the
+    encoder called by hand with peft's prefixes, then mean pooling over the real tokens): the
+    model's logits must equal the head on it, and differ from the head on the encoder's pooler
+    output (what the bypass would read) and from the head on the prefix-free vector.
+    """
+    import warnings
+
+    from peftshield.models.pooling import pool
+
     backbone = load_backbone(tiny_bert)
+    assert backbone.pooling == "mean"
     model = build_classifier(backbone, 2, method_config("prefix")).eval()
     batch = backbone.tokenizer(["the movie was good", "bad film"], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        out = model(**batch)
-        head = model.base_model.classifier.modules_to_save["default"]
-        torch.testing.assert_close(out["logits"], head(out["pooled"]))
+    n_virtual = model.peft_config["default"].num_virtual_tokens
+    head = model.base_model.classifier.modules_to_save["default"]
+    encoder = model.base_model.encoder
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        logits = model(**batch)["logits"]
+        prefix_mask = torch.ones(2, n_virtual, dtype=batch["attention_mask"].dtype)
+        hand = encoder(
+            input_ids=batch["input_ids"],
+            attention_mask=torch.cat([prefix_mask, batch["attention_mask"]], 1),
+            token_type_ids=batch.get("token_type_ids"),
+            past_key_values=model.get_prompt(batch_size=2),
+        )
+        ours = pool(hand.last_hidden_state, batch["attention_mask"], "mean")
+        plain = encoder(**batch)
+        without_prefix = pool(plain.last_hidden_state, batch["attention_mask"], "mean")
+    torch.testing.assert_close(logits, head(ours))
+    assert (logits - head(hand.pooler_output)).abs().max() > 1e-3  # peft's bypass would read this
+    assert (logits - head(without_prefix)).abs().max() > 1e-3  # the prefix did reach the encoder
 
 
 def test_same_seed_same_model(tiny_bert):

@@ -21,6 +21,7 @@ This module imports no torch: the command line reads it to build its help.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -70,7 +71,7 @@ def _copies(value: Any, what: str, allow_por: bool) -> int | str:
 
 
 @dataclass
-class AttackConfig:
+class AttackConfig(ABC):
     """Settings shared by every attack (the base of each attack's config)."""
 
     attack: ClassVar[str] = ""
@@ -91,9 +92,9 @@ class AttackConfig:
         """JSON-ready dict, with the attack name and kind first."""
         return {"attack": self.attack, "kind": self.kind, **dataclasses.asdict(self)}
 
+    @abstractmethod
     def make_triggers(self) -> list[Trigger]:
         """The triggers a victim-side evaluation inserts (``poison.json`` ``triggers``)."""
-        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,9 +167,9 @@ class TaskSpecificConfig(AttackConfig):
         )
         return method_config("full", {k: getattr(self, k) for k in keys})
 
+    @abstractmethod
     def make_trigger(self) -> Trigger:
         """The poisoning trigger."""
-        raise NotImplementedError
 
     def make_triggers(self) -> list[Trigger]:
         """A task-specific attack plants one trigger: the poisoning trigger itself."""

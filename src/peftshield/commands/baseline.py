@@ -92,6 +92,7 @@ def add_parser(subparsers) -> None:
         "baseline",
         help=f"fit a baseline input detector ({', '.join(n.upper() for n in BASELINES)}) for a victim",
         description=__doc__,
+        epilog="examples:\n  peftshield baseline fit --defense strip --victim runs/victim --out runs/strip\n",
     )
     sub = add_actions(parser, "baseline_command")
     defences = "\n".join(f"  {name:<8}{spec.help}" for name, spec in BASELINES.items())

@@ -62,6 +62,16 @@ def add_data_args(parser: argparse.ArgumentParser, recorded: bool = False) -> No
     group.add_argument("--max-eval", type=int, default=None, help="cap the dev and test splits (stratified)")
 
 
+class ExamplesFormatter(argparse.HelpFormatter):
+    """Help formatter that wraps the description but keeps the epilog's lines (its example lines)."""
+
+    def add_text(self, text: str | None) -> None:  # noqa: D102 - argparse's own method
+        if text and text.startswith("examples:"):
+            self._add_item(lambda t: t.rstrip("\n") + "\n", [text])
+        else:
+            super().add_text(text)
+
+
 def add_command(
     subparsers: Any, name: str, *, help: str, description: str | None, epilog: str | None = None
 ) -> argparse.ArgumentParser:

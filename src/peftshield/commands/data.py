@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from peftshield.commands.common import ExamplesFormatter
 from peftshield.errors import PeftshieldError
 
 
@@ -132,6 +133,8 @@ def add_parser(subparsers: Any) -> None:
             "settings apply), verify their sha256 and extract the corpora. Already cached corpora "
             "are not downloaded again. Offline: put the artifact file into <cache>/downloads."
         ),
+        epilog="examples:\n  peftshield data fetch\n  peftshield data fetch movies wiki --force\n",
+        formatter_class=ExamplesFormatter,
     )
     p_fetch.add_argument("names", nargs="*", metavar="NAME", help="corpora to fetch (default: all built-ins)")
     p_fetch.add_argument("--force", action="store_true", help="extract again even if a cached copy exists")
@@ -141,6 +144,8 @@ def add_parser(subparsers: Any) -> None:
         "list",
         help="list the built-in corpora",
         description="List the built-in corpora, whether they are labelled and, once fetched, their size.",
+        epilog="examples:\n  peftshield data list\n",
+        formatter_class=ExamplesFormatter,
     )
     p_list.set_defaults(func=_cmd_list)
 
@@ -151,6 +156,11 @@ def add_parser(subparsers: Any) -> None:
             "Load a corpus (built-in name, .csv/.tsv/.jsonl/.json file or hf:NAME[:SPLIT]), print its "
             "label counts and split sizes, and the first examples of one split."
         ),
+        epilog=(
+            "examples:\n  peftshield data show movies --split test --n 3\n"
+            "  peftshield data show reviews.csv\n"
+        ),
+        formatter_class=ExamplesFormatter,
     )
     p_show.add_argument("name", metavar="NAME", help="built-in corpus name, file path or hf:NAME[:SPLIT]")
     p_show.add_argument("--n", type=int, default=5, help="number of examples to print (default: %(default)s)")

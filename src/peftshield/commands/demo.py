@@ -31,6 +31,7 @@ def add_parser(subparsers) -> None:
         "demo",
         help="run the main job (the default grid of attacks, PEFT victims and defences, then the report)",
         description=__doc__,
+        epilog="examples:\n  peftshield demo\n  peftshield demo --out runs/demo-gpu --device cuda\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")

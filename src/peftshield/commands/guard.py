@@ -58,6 +58,11 @@ def add_parser(subparsers) -> None:
         "guard",
         help="guarded inference (victim + detectors) and its defended metrics",
         description=__doc__,
+        epilog=(
+            "examples:\n"
+            "  peftshield guard predict --victim runs/victim --detector runs/psim --input texts.txt\n"
+            "  peftshield guard evaluate --victim runs/victim --detector runs/psim --poisoned runs/poisoned\n"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="guard_command", metavar="SUBCOMMAND")

@@ -42,12 +42,20 @@ FIT_EPILOG = """examples:
 The PVs must come from a scan of the backbone the victim was tuned on (their fingerprints are
 compared). Clean texts (--clean, default: the dev split recorded in the victim's run.json) measure
 the clean false-rejection rate of T_match, or set the threshold with --target-frr.
+
+examples:
+  peftshield monitor fit --victim runs/victim --pvs runs/scan --out runs/monitor
+  peftshield monitor fit --victim runs/victim --pvs runs/scan --target-frr 0.05 --out runs/monitor-cal
 """
 
 PREDICT_EPILOG = """--input: a text file with one input per line, '-' for standard input, or a
 .csv/.tsv/.jsonl file with a text column (--text-column). Output: one line per input (FLAG or
 ok, score, label, and with --purge the removed words), or with --json one JSON document with a
 row per input and a summary.
+
+examples:
+  peftshield monitor predict --monitor runs/monitor --input texts.txt
+  echo "a gorgeous, witty film cf" | peftshield monitor predict --monitor runs/monitor --input - --purge
 """
 
 

@@ -48,6 +48,7 @@ def add_parser(subparsers) -> None:
         "psim",
         help="fit a PSIM detector (random-label PEFT module) on a suspect backbone",
         description=__doc__,
+        epilog="examples:\n  peftshield psim fit --backbone runs/poisoned --out runs/psim\n",
     )
     sub = add_actions(parser, "psim_command")
     fit = add_command(

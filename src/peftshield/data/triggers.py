@@ -20,6 +20,7 @@ Triggers shipped here:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -108,7 +109,7 @@ def _split_unit(entry: object, what: str) -> list[str]:
     return entry.split()
 
 
-class Trigger:
+class Trigger(ABC):
     """Base class of all triggers: a seeded, recorded text edit.
 
     Use :meth:`apply` with a generator you own (one per dataset pass, as :func:`insert_trigger`
@@ -131,20 +132,21 @@ class Trigger:
         """Return ``text`` with the trigger inserted, with a fresh generator seeded by ``seed``."""
         return self.apply(text, np.random.default_rng(seed)).text
 
+    @abstractmethod
     def _edit(self, state: _Words, rng: np.random.Generator) -> None:
-        raise NotImplementedError
+        """Edit the word state in place (insert the trigger's words, record where)."""
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters, with a ``type`` key; :func:`trigger_from_dict` inverts it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> str:
         """Short human-readable description, stored in :attr:`Example.trigger`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def strings(self) -> tuple[str, ...]:
         """Every literal string this trigger may insert (for :func:`check_trigger_tokenizes`)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         params = {k: v for k, v in self.to_dict().items() if k != "type"}

@@ -8,7 +8,7 @@ to be unsure — its confidence on clean inputs goes towards ``1 / num_classes``
 still drives the frozen backdoored weights to an extreme, confident output. An input whose PSIM
 confidence (maximum softmax probability) exceeds a threshold (paper: 0.7) is rejected.
 
-Reference code (shuaizhao95/PSIM ``badmodel.py``; REFERENCE-CODE.md §1c, §1d): P-tuning with 5
+Reference code (shuaizhao95/PSIM ``badmodel.py`` and ``confidence.py``): P-tuning with 5
 virtual tokens (prompt-encoder width 128) on the poisoned checkpoint *with its published head*,
 every training label replaced by ``random.randint(0, 1)``, lr 2e-5, 1 epoch, batch 32, AdamW with
 6 % warm-up; the threshold is hard-coded at 0.7 on probabilities rounded to 3 decimals.
@@ -26,21 +26,10 @@ Where this implementation differs, and why:
   BERT's pooler, which our pooling over real tokens does not do).
 - One epoch is kept on purpose: no training text is seen twice, so the module cannot memorise the
   random labels; all it can learn from them is to be less sure.
-- Measured on the tiny test BERT (hidden 128, the planted dirty-label "cf" backdoor of
-  ``tests/test_psim.py``), seeds 0 and 1, 1,200 clean training texts (150 steps at batch 8):
-  mean clean / triggered confidence, AUROC, FRR / FAR at the fixed 0.7::
-
-      recipe (head kept)                    clean  trig   AUROC        FRR@.7     FAR@.7
-      ptuning lr 3e-3, head frozen (ours)   0.83   0.99   0.911-0.980  0.79-0.82  0
-      ptuning reference lr 2e-5 (+ head)    0.88   1.00   0.999        0.83-0.84  0
-      ptuning lr 3e-3, head_lr 1e-3         0.78   0.96   0.900-0.958  0.72-0.76  0-0.01
-      prompt (lr 0.1), head frozen          0.83   0.99   0.954-0.989  0.77-0.82  0
-      lora lr 1e-3, head frozen             0.64   0.87   0.907-0.961  0.19-0.33  0.08-0.09
-      ptuning, head_lr 1e-2 (3 plants)      ~0.6   ~0.6   0.19-0.89 (collapse)
-
-  With 8 steps (240 texts, the unit tests) ours gives AUROC 0.976-0.997. What this shows: the
-  less the module changes, the better the ranking on that model (the reference lr leaves it the
-  poisoned classifier, whose own confidence already separates); only LoRA gets near "unsure"
+- Measured on the tiny test BERT and on ``minilm`` (the tables are in docs/design.md, "Deviations
+  from the papers"); with 8 steps (240 texts, the unit tests) ours gives AUROC 0.976-0.997. What
+  this shows: the less the module changes, the better the ranking on that model (the reference lr
+  leaves it the poisoned classifier, whose own confidence already separates); only LoRA gets near "unsure"
   (and 0.7 then half works), at some cost in ranking; no recipe tried made the clean confidence
   reach 1/num_classes while keeping triggers confident. The default is the middle: the paper's
   method and shape, a module that does learn from the random labels, a head it cannot scale away.
@@ -51,14 +40,8 @@ Where this implementation differs, and why:
   and settle the default for real backbones.
 - The default module is **LoRA** (lr 1e-3, head frozen, 1 epoch), not the paper's P-tuning, which
   stays selectable (``method="ptuning"``). Measured on ``minilm`` with the BadNets backbone of the
-  benchmarks (``bench/bench_psim_recipes.py``; 800 clean ``movies`` training texts, calibration at
-  2 % FRR on the other 200, 500 clean test texts against their triggered non-target copies)::
-
-      recipe (head kept)              AUROC  clean  trig   FRR@.7  FAR@.7  FAR@cal 2%
-      lora lr 1e-3, head frozen       0.999  0.61   0.96   0.16    0.00    0.004
-      ptuning lr 3e-3, head frozen    0.903  0.56   0.75   0.02    0.33    0.29
-      ptuning reference lr 2e-5       0.955  0.78   0.98   0.69    0.00    0.55
-
+  benchmarks (``bench/bench_psim_recipes.py``; table in docs/design.md, "Deviations from the
+  papers"): AUROC 0.999 for LoRA against 0.903 (P-tuning lr 3e-3) and 0.955 (reference lr 2e-5).
   Only LoRA separates the tails: at the FRR a defender can afford, P-tuning lets a third or more
   of the triggered inputs through. On the other task-specific backbones (same cells) LoRA's AUROC
   is again at least P-tuning's: clean-label 1.000 vs 1.000, InSent 0.992 vs 0.940, template 0.999

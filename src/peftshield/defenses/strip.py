@@ -8,11 +8,11 @@ while a clean input's prediction wanders. Each input is perturbed ``repeat`` tim
 the *negative* mean entropy (in nats) of the victim's softmax over the copies, so that higher means
 more suspicious, as the detector contract requires (:mod:`peftshield.defenses.base`).
 
-How a copy is made (the facts from the two reference implementations, REFERENCE-CODE.md §3):
-replacement words come from held-out clean texts ranked by TF-IDF. For one copy, one held-out
-text is drawn at random and its words are taken in decreasing TF-IDF order; ``max(1,
-int(n_words * swap_ratio))`` distinct word positions of the input, drawn at random, receive them
-in turn.
+How a copy is made (the facts from the two reference implementations, docs/design.md, "Deviations
+from the papers"): replacement words come from held-out clean texts ranked by TF-IDF. For one copy,
+one held-out text is drawn at random and its words are taken in decreasing TF-IDF order; ``max(1,
+int(n_words * swap_ratio))`` distinct word positions of the input, drawn at random, receive them in
+turn.
 
 Where the paper, its code and this implementation differ:
 

@@ -1,4 +1,4 @@
-"""Causal language models for fluency scores (ONION's perplexity; docs/design.md "smollm2").
+"""Causal language models for fluency scores (ONION's perplexity; docs/design.md, "Facts of this machine").
 
 An LM reference is one of:
 

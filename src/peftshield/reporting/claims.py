@@ -1,8 +1,9 @@
 """The seed papers' claims and the issues' targets, as data, each with where it was read.
 
-Only three sources are used: ``docs/design.md`` and ``REFERENCE-CODE.md`` (the project's shared notes,
-which quote the papers' abstracts; every paper number beyond the abstracts is UNVERIFIED there and
-is therefore not used here), and the texts of issues 3 to 6. No figure is added from memory.
+The sources: the two papers' abstracts (Zhao et al., NAACL Findings 2024, arXiv 2402.12168; Wei
+et al., NDSS 2024, arXiv 2308.13904) - no paper number beyond an abstract is used, because the
+papers' result sections could not be checked -, the project's design document ``docs/design.md``,
+and the texts of issues 3 to 6. No figure is added from memory.
 :mod:`.measured` sets our measured figure beside each claim.
 
 A claim with a ``bound`` is a target or a paper figure that a measured number can be compared with
@@ -35,14 +36,15 @@ CLAIMS: tuple[Claim, ...] = (
         PSIM,
         "weight-poisoning backdoors reach near 100% attack success when the victim uses PEFT",
         "near 100% ASR",
-        "PSIM abstract, quoted in REFERENCE-CODE.md §1d",
+        "Zhao et al. 2024 (arXiv 2402.12168), abstract",
     ),
     Claim(
         "psim-peft-vs-full",
         PSIM,
         "PEFT keeps a backdoor planted in the pretrained weights far more than full fine-tuning does",
         "PEFT ASR > full-FT ASR",
-        "docs/design.md, 'What the product is'; issue 3 (retention benchmark)",
+        "Zhao et al. 2024, abstract and §2; docs/design.md, 'What the product is'; "
+        "issue 3 (retention benchmark)",
     ),
     Claim(
         "issue3-por-target",
@@ -79,7 +81,7 @@ CLAIMS: tuple[Claim, ...] = (
         LMS,
         "backdoor detection accuracy over a zoo of models",
         "92.8% over 960 models",
-        "LMSanitator abstract, quoted in docs/design.md and REFERENCE-CODE.md §2",
+        "Wei et al. 2024 (arXiv 2308.13904), abstract",
         (">=", 0.928),
     ),
     Claim(
@@ -87,7 +89,7 @@ CLAIMS: tuple[Claim, ...] = (
         LMS,
         "after the defence the attack success rate is below 1% in most scenarios",
         "ASR < 1% in most cases",
-        "LMSanitator abstract, quoted in docs/design.md and REFERENCE-CODE.md §2",
+        "Wei et al. 2024 (arXiv 2308.13904), abstract",
     ),
     Claim(
         "issue5-accuracy",

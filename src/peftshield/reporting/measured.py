@@ -318,7 +318,7 @@ def claims_section(results: Results) -> Section:
         "Claims vs measured",
         [
             Text(
-                "The seed papers' claims (abstract-level, as quoted in docs/design.md and REFERENCE-CODE.md) "
+                "The seed papers' claims (from their abstracts; sources in docs/design.md) "
                 "and "
                 "the issues' targets, beside our figures from the results above. "
                 f"Tally: {tally}."

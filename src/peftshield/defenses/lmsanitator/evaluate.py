@@ -1,7 +1,8 @@
 """Defended attack success in the LMSanitator convention, with the monitor and the real purge.
 
-Wei et al., NDSS 2024, §V; reference ``run.py defense_predict`` (REFERENCE-CODE.md §2c). Over the
-test samples the victim classifies correctly without a trigger, each trigger is inserted once;
+Wei et al., NDSS 2024, §V; reference ``run.py defense_predict`` (docs/design.md, "Deviations from
+the papers"). Over the test samples the victim classifies correctly without a trigger, each trigger
+is inserted once;
 
 * **Type I** success: the triggered input flips the prediction and the monitor does not flag it;
 * **Type II** success: it is flagged and flipped, and after purging it is no longer flagged and

@@ -1,8 +1,8 @@
 """PV filtering: which mined candidates count as PVs (LMSanitator stage 2, "PV filtering").
 
-Wei et al., NDSS 2024, §IV-B; reference ``2-PV_mining_filtering/TOKEN/main.py`` (REFERENCE-CODE.md
-§2b). A candidate - the mean pooled output of a batch of triggered texts once the soft trigger has
-converged - is kept when it is
+Wei et al., NDSS 2024, §IV-B; reference ``2-PV_mining_filtering/TOKEN/main.py`` (docs/design.md,
+"Deviations from the papers"). A candidate - the mean pooled output of a batch of triggered texts
+once the soft trigger has converged - is kept when it is
 
 * **far** from the clean outputs: the reference's "PV found" test ``mean distance > distance_th``;
 * **input-independent**: its diversity (batch entropy) is close enough to the maximum ``ln B``;

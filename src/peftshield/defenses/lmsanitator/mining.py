@@ -1,12 +1,12 @@
 """PV mining: invert the predefined vectors (PVs) of a task-agnostic backdoor (LMSanitator stage 2).
 
-Wei et al., *Defending Prompt-Tuning Against Task-Agnostic Backdoors*, NDSS 2024, §IV-B "PV
-mining"; reference code ``meng-wenlong/LMSanitator``, ``2-PV_mining_filtering/TOKEN/main.py``
-(REFERENCE-CODE.md §2b). A soft trigger of ``n_slots`` vectors is spliced into clean texts as
-input embeddings, at a random word position of each text, and optimised on the FROZEN suspect
-backbone so that the pooled output moves far from the clean output (distance) and becomes the
-same for every text of the batch (diversity); a backdoored backbone has such an input-independent
-output - its PV - and a clean one should not.
+Wei et al., *Defending Prompt-Tuning Against Task-Agnostic Backdoors*, NDSS 2024, §IV-B "PV mining";
+reference code ``meng-wenlong/LMSanitator``, ``2-PV_mining_filtering/TOKEN/main.py``
+(docs/design.md, "Deviations from the papers"). A soft trigger of ``n_slots`` vectors is spliced
+into clean texts as input embeddings, at a random word position of each text, and optimised on the
+FROZEN suspect backbone so that the pooled output moves far from the clean output (distance) and
+becomes the same for every text of the batch (diversity); a backdoored backbone has such an
+input-independent output - its PV - and a clean one should not.
 
 Where this implementation differs from the reference code, and why:
 

@@ -1,11 +1,11 @@
 """PV monitoring: flag inputs whose output carries a PV's sign pattern (LMSanitator stage 3).
 
 Wei et al., NDSS 2024, §IV-C "PV monitoring"; reference ``monitor_output`` in
-``3-PV_monitoring/P-tuning-v2/model/defense_monitor.py`` (REFERENCE-CODE.md §2c). Under prompt
-tuning the backbone stays frozen, so a triggered input still produces (nearly) its PV at the
-output: both the output vector and each PV are binarised by sign (``>= 0`` is +), and the input
-is flagged when the largest fraction of matching signs over the PVs exceeds ``T_match`` (paper
-0.8, strict ``>``).
+``3-PV_monitoring/P-tuning-v2/model/defense_monitor.py`` (docs/design.md, "Deviations from the
+papers"). Under prompt tuning the backbone stays frozen, so a triggered input still produces
+(nearly) its PV at the output: both the output vector and each PV are binarised by sign
+(``>= 0`` is +), and the input is flagged when the largest fraction of matching signs over the PVs exceeds
+``T_match`` (paper 0.8, strict ``>``).
 
 :class:`PVMonitor` follows the shared detector contract (:class:`peftshield.defenses.base.Detector`):
 the constructor stores parameters, :meth:`PVMonitor.fit` loads the victim and the PVs, refuses a

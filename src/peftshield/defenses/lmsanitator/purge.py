@@ -4,8 +4,8 @@ Wei et al., NDSS 2024, §IV-C "input purging". The reference code has no purge f
 ``run.py defense_predict`` only *emulates* purging inside the ASR evaluation, by building, for a
 flagged triggered input, one variant per word position before the trigger with that word (and all
 its copies) deleted, and counting an attack as successful when some variant is unflagged and
-still misclassified (REFERENCE-CODE.md §2c). :class:`Purger` is the real thing, usable at
-inference:
+still misclassified (docs/design.md, "Deviations from the papers"). :class:`Purger` is the real
+thing, usable at inference:
 
 * Round 1 is exactly the reference's search: one candidate per distinct word, left to right among
   the first ``max_words`` words, with every copy of that word deleted; all candidates of all
