@@ -22,6 +22,10 @@ from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
+#: Weight-name prefixes of task heads that a bare encoder drops when it is loaded from a task
+#: model's checkpoint (a sequence classifier's ``classifier`` / ``score``, an LM head).
+TASK_HEADS = ("classifier.", "pre_classifier.", "score.", "lm_head.", "cls.")
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -128,6 +132,7 @@ def strict_from_pretrained(
     what: str,
     *,
     allow_missing: tuple[str, ...] = (),
+    allow_unexpected: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> Any:
     """``model_cls.from_pretrained`` that refuses missing, unexpected or mis-shaped weights.
@@ -135,8 +140,10 @@ def strict_from_pretrained(
     transformers re-initialises a weight the checkpoint lacks at random and drops one it does not
     expect, with only a log line. For untrusted weights (docs/design.md, "Untrusted artifacts stay
     untrusted") both are errors that name the weights. ``allow_missing`` lists name prefixes that
-    may be absent on purpose (a fresh classification head over a bare encoder). Loading is
-    safetensors only and ``trust_remote_code=False``; a corrupt file is a one-line error.
+    may be absent on purpose (a fresh classification head over a bare encoder);
+    ``allow_unexpected`` name prefixes the model may drop on purpose (a task head or a pooler the
+    loaded class does not have). Loading is safetensors only and ``trust_remote_code=False``; a
+    corrupt file is a one-line error.
     """
     kwargs = {"use_safetensors": True, "trust_remote_code": False, **kwargs}
     with quiet_transformers():
@@ -151,11 +158,12 @@ def strict_from_pretrained(
                 f"cannot load {what} from {location}: corrupt weights ({_first_line(err)})"
             ) from None
     missing = {k for k in info.get("missing_keys", ()) if not str(k).startswith(allow_missing)}
+    unexpected = {k for k in info.get("unexpected_keys", ()) if not str(k).startswith(allow_unexpected)}
     problems = [
         (label, keys)
         for label, keys in (
             ("missing", missing),
-            ("unexpected", info.get("unexpected_keys", ())),
+            ("unexpected", unexpected),
             ("mis-shaped", info.get("mismatched_keys", ())),
         )
         if keys
@@ -164,6 +172,13 @@ def strict_from_pretrained(
         listed = "; ".join(f"{label} weights: {_named(keys)}" for label, keys in problems)
         raise PeftshieldError(f"refusing {what} at {location}: {listed}")
     return model
+
+
+def _only_pooler_missing(message: str) -> bool:
+    """Whether a :func:`strict_from_pretrained` refusal lists missing pooler weights and nothing else."""
+    _, _, listed = message.partition(": missing weights: ")
+    names = [n.strip() for n in listed.split(",")] if listed and ";" not in listed else []
+    return bool(names) and all(n.startswith("pooler.") for n in names)
 
 
 @dataclass
@@ -187,9 +202,20 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
     from transformers import AutoModel, AutoTokenizer
 
     location, default_pooling = resolve_backbone(ref)
-    # A checkpoint saved from a task model (e.g. BertForMaskedLM) carries weights the bare encoder
-    # does not use; those heads are dropped on purpose, every encoder weight must be there.
-    encoder = strict_from_pretrained(AutoModel, location, f"backbone {ref!r}")
+    # A checkpoint saved from a task model (e.g. BertForMaskedLM, a sequence classifier) carries
+    # weights the bare encoder does not use; those heads are dropped on purpose, every encoder
+    # weight must be there.
+    what = f"backbone {ref!r}"
+    try:
+        encoder = strict_from_pretrained(AutoModel, location, what, allow_unexpected=TASK_HEADS)
+    except PeftshieldError as err:
+        # RoBERTa / MPNet classifiers have no pooler layer: their encoder is loaded without one
+        # (never with a random one); the pooling "pooler" is then refused below.
+        if not _only_pooler_missing(str(err)):
+            raise
+        encoder = strict_from_pretrained(
+            AutoModel, location, what, allow_unexpected=TASK_HEADS, add_pooling_layer=False
+        )
     with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
