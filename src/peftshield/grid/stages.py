@@ -42,7 +42,7 @@ def reset_memos() -> None:
 
 def load_split(corpus: dict[str, Any], split_seed: int, max_train: int | None, max_eval: int | None) -> Any:
     """The deterministic splits of a corpus (memoised per process: cells share their data)."""
-    from peftshield.commands.common import load_splits
+    from peftshield.data.corpora import load_splits
 
     settings = {**corpus, "split_seed": split_seed, "max_train": max_train, "max_eval": max_eval}
     key = json.dumps(settings, sort_keys=True)
