@@ -332,7 +332,18 @@ def test_psim_for_a_foreign_victim_records_and_checks_its_base(zoo, psim_folder,
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     code, out, err = _run(
-        ["guard", "predict", "--victim", folder, "--base", other, "--detector", psim_folder, "--input", texts],
+        [
+            "guard",
+            "predict",
+            "--victim",
+            folder,
+            "--base",
+            other,
+            "--detector",
+            psim_folder,
+            "--input",
+            texts,
+        ],
         capsys,
     )
     assert code == 2 and "fitted on another backbone" in err and err.count("\n") == 1
@@ -457,7 +468,7 @@ def test_onion_corrects_a_foreign_victim(zoo, tmp_path):
     from peftshield.models.tiny_lm import build_tiny_llama
 
     lm = build_tiny_llama(tmp_path / "lm")
-    onion = ONIONDetector(lm=str(lm), target_frr=0.2).fit([e.text for e in toy_examples(30)])
+    onion = ONIONDetector(lm=str(lm), threshold="calibrated", target_frr=0.2).fit([e.text for e in toy_examples(30)])
     victim = load_victim(str(zoo["bert"]["forms"]["prompt"][2]))
     batch = sanitized_predictions(victim, onion, TEXTS)
     np.testing.assert_array_equal(batch.pred, victim.logits(batch.texts).argmax(-1))
