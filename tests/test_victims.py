@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import toy_examples
+from test_guard_cli import run_cli
 
 from peftshield.cli import main
 from peftshield.defenses.victim import load_victim
@@ -215,15 +216,6 @@ CASES = (
 )
 
 
-def _run(args: list, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_bad_victims_are_one_line_errors(bad, case):
     args, message = bad[case]
@@ -275,7 +267,7 @@ def test_bad_victims_exit_2_and_write_nothing(bad, case, psim_folder, tmp_path, 
         ],
     }
     for name, command in commands.items():
-        code, out, err = _run(command, capsys)
+        code, out, err = run_cli(command, capsys)
         assert code == 2, (name, err)
         assert out == "" and err.startswith("peftshield: error:") and message in err, (name, err)
         assert err.count("\n") == 1, (name, err)
@@ -331,7 +323,7 @@ def test_psim_for_a_foreign_victim_records_and_checks_its_base(zoo, psim_folder,
         Guard(load_victim(str(folder), base=str(other)), psim)
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
-    code, out, err = _run(
+    code, out, err = run_cli(
         [
             "guard",
             "predict",
@@ -348,7 +340,7 @@ def test_psim_for_a_foreign_victim_records_and_checks_its_base(zoo, psim_folder,
     )
     assert code == 2 and "fitted on another backbone" in err and err.count("\n") == 1
     # The CLI guard reads the adapter folder directly.
-    code, out, err = _run(
+    code, out, err = run_cli(
         ["guard", "predict", "--victim", folder, "--detector", psim_folder, "--input", texts], capsys
     )
     assert code == 0, err
@@ -378,41 +370,21 @@ def test_monitor_and_purge_watch_a_foreign_victim(zoo, tmp_path, capsys):
     flagged = "the plot was very dull and the ending was long"
     pv = torch.tensor(np.sign(victim.head_inputs([flagged])), dtype=torch.float32)
     save_file({"pvs": pv}, str(tmp_path / "pvs.safetensors"))
-    code, _, err = _run(
-        [
-            "monitor",
-            "fit",
-            "--victim",
-            folder,
-            "--pvs",
-            tmp_path / "pvs.safetensors",
-            "--clean",
-            "dev",
-            "--out",
-            tmp_path / "m",
-        ],
-        capsys,
-    )
+    fit = [
+        "monitor",
+        "fit",
+        "--victim",
+        folder,
+        "--pvs",
+        tmp_path / "pvs.safetensors",
+        "--out",
+        tmp_path / "m",
+    ]
+    code, _, err = run_cli([*fit, "--clean", "dev"], capsys)
     assert code == 2 and "--clean dev reads the dev split" in err  # a foreign victim records no split
     clean = tmp_path / "clean.csv"
     clean.write_text("text\na good film\nbad\n", encoding="utf-8")
-    code, out, err = _run(
-        [
-            "monitor",
-            "fit",
-            "--victim",
-            folder,
-            "--pvs",
-            tmp_path / "pvs.safetensors",
-            "--clean",
-            clean,
-            "--t-match",
-            "0.9",
-            "--out",
-            tmp_path / "m",
-        ],
-        capsys,
-    )
+    code, out, err = run_cli([*fit, "--clean", clean, "--t-match", "0.9"], capsys)
     assert code == 0, err
     monitor = load_detector(tmp_path / "m")
     assert monitor.backbone_fingerprint_ is None or monitor.backbone_fingerprint_ == victim.base_fingerprint
@@ -442,7 +414,7 @@ def test_baselines_take_foreign_victims(zoo, tmp_path, capsys):
     assert np.isfinite(rap.score(TEXTS)).all()
     texts = tmp_path / "clean.csv"
     texts.write_text("text\n" + "\n".join(clean) + "\n", encoding="utf-8")
-    code, _, err = _run(
+    code, _, err = run_cli(
         [
             "baseline",
             "fit",
@@ -468,7 +440,8 @@ def test_onion_corrects_a_foreign_victim(zoo, tmp_path):
     from peftshield.models.tiny_lm import build_tiny_llama
 
     lm = build_tiny_llama(tmp_path / "lm")
-    onion = ONIONDetector(lm=str(lm), threshold="calibrated", target_frr=0.2).fit([e.text for e in toy_examples(30)])
+    onion = ONIONDetector(lm=str(lm), threshold="calibrated", target_frr=0.2)
+    onion.fit([e.text for e in toy_examples(30)])
     victim = load_victim(str(zoo["bert"]["forms"]["prompt"][2]))
     batch = sanitized_predictions(victim, onion, TEXTS)
     np.testing.assert_array_equal(batch.pred, victim.logits(batch.texts).argmax(-1))
