@@ -30,23 +30,28 @@ def poison(
     split_seed: int = 0,
     max_train: int | None = None,
     max_eval: int | None = None,
+    splits: Any = None,
+    name: str | None = None,
 ) -> Any:
     """Poison ``backbone`` with ``attack`` on ``corpus``; return the result (``.save(folder)``, ``.record``).
 
     ``backbone`` is a reference (``minilm``, a folder, a hub id) or a loaded backbone; ``attack`` an
     attack name (``badnets``, ``por`` ...; ``overrides`` change its config) or a config. ``corpus``
     defaults to the attack's own (labelled ``movies`` for task-specific attacks, unlabelled
-    ``wiki`` for task-agnostic ones); the split options apply to task-specific attacks.
+    ``wiki`` for task-agnostic ones); the split options apply to task-specific attacks, and
+    ``splits`` (already loaded with those options) saves loading them again. ``name`` labels the
+    corpus in the poisoned folder's records (default: ``corpus``).
     """
     config = attack if isinstance(attack, AttackConfig) else attack_config(attack, overrides)
     corpus = corpus or config.default_corpus
+    name = name or corpus
     if config.kind == "task-agnostic":
         from peftshield.attacks.task_agnostic import poison_task_agnostic
         from peftshield.data.corpora import load_corpus
 
         examples = load_corpus(corpus, text_column=text_column, label_column=None)
         return poison_task_agnostic(
-            backbone, examples, config, seed=seed, device=device, progress=progress, corpus_name=corpus
+            backbone, examples, config, seed=seed, device=device, progress=progress, corpus_name=name
         )
     from peftshield.attacks.task_specific import poison_task_specific
     from peftshield.data.corpora import load_splits
@@ -61,11 +66,11 @@ def poison(
     }
     return poison_task_specific(
         backbone,
-        load_splits(settings),
+        load_splits(settings) if splits is None else splits,
         config,
         seed=seed,
         device=device,
         progress=progress,
-        corpus=corpus,
+        corpus=name,
         data=settings,
     )

@@ -49,7 +49,8 @@ def predict_outputs(
     """
     from contextlib import nullcontext
 
-    from peftshield.models.representation import capture_head_input
+    from peftshield.models.classifier import PooledClassifier
+    from peftshield.models.representation import capture_head_input, unwrap
 
     if len(texts) == 0:
         raise PeftshieldError("no texts to predict")
@@ -60,21 +61,22 @@ def predict_outputs(
     model.eval()
     logits_out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
     pooled_out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
-    for idx in _batches(tokenizer, texts, batch_size, max_length, equal_length):
-        batch = tokenize_batch(tokenizer, [texts[i] for i in idx], max_length, device)
-        with capture_head_input(model) if return_pooled else nullcontext() as captured:
+    # peftshield's classifier returns its pooled vector; any other head's input is captured (once
+    # hooked for the whole call, so the hook costs nothing per batch).
+    hook = return_pooled and not isinstance(unwrap(model), PooledClassifier)
+    with capture_head_input(model) if hook else nullcontext() as captured:
+        for idx in _batches(tokenizer, texts, batch_size, max_length, equal_length):
+            batch = tokenize_batch(tokenizer, [texts[i] for i in idx], max_length, device)
             out = model(**batch)
-        logits = out["logits"].float().cpu().numpy()
-        pooled = None
-        if return_pooled:
-            vector = getattr(out, "pooled", None)
-            if vector is None:
-                vector = captured.vector(batch.get("attention_mask"))
-            pooled = vector.float().cpu().numpy()
-        for j, i in enumerate(idx):
-            logits_out[i] = logits[j]
-            if pooled is not None:
-                pooled_out[i] = pooled[j]
+            logits = out["logits"].float().cpu().numpy()
+            pooled = None
+            if return_pooled:
+                vector = captured.vector(batch.get("attention_mask")) if hook else out["pooled"]
+                pooled = vector.float().cpu().numpy()
+            for j, i in enumerate(idx):
+                logits_out[i] = logits[j]
+                if pooled is not None:
+                    pooled_out[i] = pooled[j]
     model.train(was_training)
     return np.stack(logits_out), (np.stack(pooled_out) if return_pooled else None)
 
