@@ -359,7 +359,7 @@ class ZooSetup(Setup):
         r = model.recipe
         if self.smoke:
             return Splits(train=_toy(r["n_train"], 100 + model.seed), dev=_toy(40, 200 + model.seed), test=[])
-        from peftshield.commands.common import load_splits
+        from peftshield.data.corpora import load_splits
 
         settings = {
             "corpus": r["corpus"],

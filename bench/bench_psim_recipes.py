@@ -72,7 +72,7 @@ def task_specific_backbones(work: Path) -> list[Path]:
 def cell(folder: Path, recipe: str, args) -> dict:
     """Fit one recipe on one backbone and measure it on the movies test split."""
     from peftshield.attacks.record import read_poison_record
-    from peftshield.commands.common import load_splits
+    from peftshield.data.corpora import load_splits
     from peftshield.defenses.psim import PSIMDetector
     from peftshield.evaluation import metrics as m
     from peftshield.evaluation.defended import triggered_examples

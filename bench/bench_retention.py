@@ -190,7 +190,7 @@ class Setup:
         return self._labelled(corpus, self.args.poison_max_train)
 
     def _labelled(self, corpus: str, max_train: int) -> Splits:
-        from peftshield.commands.common import load_splits
+        from peftshield.data.corpora import load_splits
 
         key = f"{corpus}:{max_train}"
         if key not in self._splits:

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import ResultFile  # noqa: E402
 
-from peftshield.commands.common import load_splits  # noqa: E402
+from peftshield.data.corpora import load_splits  # noqa: E402
 from peftshield.models.backbones import load_backbone  # noqa: E402
 from peftshield.models.inference import tokenize_batch  # noqa: E402
 from peftshield.tuning.config import METHODS, method_config  # noqa: E402

@@ -291,7 +291,13 @@ def test_in_memory_victims(victim):
     by_pair = STRIPDetector(pair, max_length=victim.max_length, target_frr=0.1).fit(CLEAN_FIT[:60])
     by_tuned = STRIPDetector(victim, target_frr=0.1).fit(CLEAN_FIT[:60])
     np.testing.assert_allclose(by_pair.score(texts), by_tuned.score(texts), atol=1e-6)
-    assert by_pair.backbone_fingerprint_ is None and by_tuned.backbone_fingerprint_
+    # A bare in-memory classifier's base is its own encoder; the tuned victim's is the one run.json records.
+    from peftshield.models.backbones import fingerprint
+    from peftshield.models.representation import encoder_of
+
+    expected = None if hasattr(victim.model, "peft_config") else fingerprint(encoder_of(victim.model))
+    assert by_pair.backbone_fingerprint_ == expected
+    assert by_tuned.backbone_fingerprint_ == victim.run["backbone"]["fingerprint"]
     with pytest.raises(PeftshieldError, match="in-memory victim cannot be saved"):
         by_tuned.save("never-written")
 

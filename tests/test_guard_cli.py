@@ -169,7 +169,7 @@ def test_guard_bad_input_exits_2(models, tmp_path, capsys):
         ([*base, "--input", empty, "--batch-size", "0"], "batch-size"),
         (
             ["guard", "predict", "--victim", tmp_path, "--detector", models["detector"], "--input", good],
-            "not a tuned",
+            "is not a victim",
         ),
         (
             ["guard", "predict", "--victim", models["victim"], "--detector", tmp_path, "--input", good],

@@ -6,7 +6,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_lora_on_500_movies_examples_beats_chance_clearly():
-    from peftshield.commands.common import load_splits
+    from peftshield.data.corpora import load_splits
     from peftshield.tuning.config import method_config
     from peftshield.tuning.trainer import accuracy_on, tune
 

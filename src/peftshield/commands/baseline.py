@@ -21,6 +21,7 @@ from peftshield.commands.common import (
     add_output_args,
     add_runtime_args,
     add_threshold_args,
+    add_victim_args,
     clean_texts,
     parse_overrides,
     print_json,
@@ -69,6 +70,7 @@ examples:
   peftshield baseline fit --defense strip --victim runs/victim --out runs/strip
   peftshield baseline fit --defense rap --victim runs/victim --target 0 --target-frr 0.01 --out runs/rap
   peftshield baseline fit --defense rap --victim runs/victim --set epochs=10 --out runs/rap
+  peftshield baseline fit --defense strip --victim my-lora-adapter --clean movies --out runs/strip-mine
   peftshield guard evaluate --victim runs/victim --detector runs/strip --poisoned runs/bad
 
 Clean texts (--clean, default: the dev split recorded in the victim's run.json, at most
@@ -104,10 +106,11 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG.format(defences=defences, keys=_set_keys()),
     )
     fit.add_argument("--defense", required=True, choices=sorted(BASELINES), help="which baseline")
-    fit.add_argument(
-        "--victim",
-        default=None,
-        help="victim folder ('peftshield tune --out'): the classifier protected; names the --clean dev split",
+    add_victim_args(
+        fit,
+        required=False,
+        help="the classifier protected: a 'peftshield tune' folder (its run.json names the --clean dev "
+        "split), a peft adapter folder or a Hugging Face sequence-classification folder",
     )
     add_threshold_args(
         fit,
@@ -152,6 +155,10 @@ def detector_params(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     }
     if args.victim is not None:
         given["victim"] = str(Path(args.victim).resolve())
+    if args.base is not None:
+        if args.victim is None:
+            raise PeftshieldError("--base is the base model of an adapter victim: give --victim too")
+        given["base"] = args.base
     if args.target_frr is not None:
         given.update(threshold=CALIBRATED, target_frr=args.target_frr)
     elif args.threshold is not None:

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peftshield.data.records import Splits
+from peftshield.data.corpora import load_splits
 from peftshield.errors import PeftshieldError
 from peftshield.models.pooling import POOLING_CHOICES
 from peftshield.utils.device import DEVICE_CHOICES
+
+__all__ = ["load_splits"]  # re-exported: the commands read corpora through the data layer's loader
 
 DATA_DEFAULTS: dict[str, Any] = {
     "corpus": "movies",
@@ -141,7 +143,10 @@ def clean_texts(source: str, victim: str | None, max_clean: int, *, allow_empty:
             )
         run_file = Path(victim) / RUN_FILE
         if not run_file.is_file():
-            raise PeftshieldError(f"{victim} is not a tuned model folder (no {RUN_FILE})")
+            raise PeftshieldError(
+                f"--clean dev reads the dev split a 'peftshield tune' victim records in its {RUN_FILE}; "
+                f"{victim} has none: give --clean CORPUS|FILE"
+            )
         run = read_json(run_file)
         data = run.get("data") if isinstance(run, dict) else None
         if not isinstance(data, dict):
@@ -152,6 +157,26 @@ def clean_texts(source: str, victim: str | None, max_clean: int, *, allow_empty:
     if not texts and not allow_empty:
         raise PeftshieldError(f"no clean texts in {source}")
     return texts[:max_clean]
+
+
+VICTIM_HELP = (
+    "victim: a 'peftshield tune' folder, a peft adapter folder (LoRA, prompt, P-tuning; its head "
+    "saved through modules_to_save) or a Hugging Face sequence-classification folder"
+)
+
+
+def add_victim_args(
+    parser: argparse.ArgumentParser, *, required: bool = True, help: str = VICTIM_HELP
+) -> None:
+    """``--victim`` (any victim form, docs/design.md "The artifacts users bring") and ``--base``."""
+    parser.add_argument("--victim", required=required, default=None, help=help)
+    parser.add_argument(
+        "--base",
+        default=None,
+        metavar="PATH",
+        help="base model of a peft adapter victim (default: the adapter_config.json's "
+        "base_model_name_or_path): a model folder, a registered name or a hub id",
+    )
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
@@ -203,28 +228,6 @@ def data_settings(args: argparse.Namespace, recorded: dict[str, Any] | None = No
         if getattr(args, key, None) is not None:
             settings[key] = getattr(args, key)
     return settings
-
-
-def load_splits(settings: dict[str, Any]) -> Splits:
-    """Load a corpus and split it deterministically according to ``settings``."""
-    from peftshield.data.corpora import load_corpus, split_examples
-
-    for key in ("max_train", "max_eval"):
-        if settings.get(key) is not None and settings[key] < 1:
-            raise PeftshieldError(f"--{key.replace('_', '-')} must be at least 1")
-    examples = load_corpus(
-        settings["corpus"],
-        text_column=settings.get("text_column", "text"),
-        label_column=settings.get("label_column", "label"),
-    )
-    if any(e.label < 0 for e in examples):
-        raise PeftshieldError(f"corpus {settings['corpus']!r} is unlabelled; a classifier needs labels")
-    return split_examples(
-        examples,
-        seed=settings.get("split_seed", 0),
-        max_train=settings.get("max_train"),
-        max_eval=settings.get("max_eval"),
-    )
 
 
 def parse_overrides(pairs: list[str] | None, config_file: str | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 from peftshield.commands.common import (
     add_data_args,
     add_device_arg,
+    add_victim_args,
     check_output_file,
     data_settings,
     load_splits,
@@ -33,6 +34,11 @@ PREDICT_EPILOG = """examples:
   echo "a gorgeous, witty film cf" | peftshield guard predict --victim runs/victim --detector runs/psim
   peftshield guard predict --victim runs/victim --detector runs/psim --detector runs/psim-lora \\
       --input reviews.jsonl --text-field review --output decisions.jsonl
+  peftshield guard predict --victim my-lora-adapter --detector runs/psim-mine --input texts.txt
+  peftshield guard predict --victim my-lora-adapter --base models/bert-base --detector runs/psim-mine
+
+The victim is a 'peftshield tune' folder, a plain-peft adapter folder (its base model read from
+adapter_config.json, or --base) or a Hugging Face sequence-classification folder.
 
 Input: one text per line (blank lines skipped), JSON lines with a text field, or a
 .csv/.tsv/.jsonl/.json file read by its format (its --text-field column), as 'monitor predict'
@@ -114,7 +120,7 @@ def add_parser(subparsers) -> None:
 
 
 def _add_models(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--victim", required=True, help="victim folder written by 'peftshield tune'")
+    add_victim_args(parser)
     parser.add_argument(
         "--detector",
         action="append",
@@ -160,7 +166,9 @@ def run_predict(args: argparse.Namespace) -> int:
         check_output_file(args.output)
     texts = read_input_texts(args.input, args.format, args.text_field)
     with one_line_warnings():
-        guard = Guard.from_folders(args.victim, args.detector, device=args.device, batch_size=args.batch_size)
+        guard = Guard.from_folders(
+            args.victim, args.detector, device=args.device, batch_size=args.batch_size, base=args.base
+        )
         decisions = guard.predict(texts)
     lines = [
         json.dumps({"text": t, **d.to_dict()}, ensure_ascii=False)
@@ -215,10 +223,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "give --poisoned FOLDER (its poison.json has the ground truth) or --trigger WORD"
         )
     triggers, target, source = ground_truth(args)
-    guard = Guard.from_folders(args.victim, args.detector, device=args.device, batch_size=args.batch_size)
+    guard = Guard.from_folders(
+        args.victim, args.detector, device=args.device, batch_size=args.batch_size, base=args.base
+    )
     settings = data_settings(args, recorded=guard.victim.run.get("data"))
     examples = getattr(load_splits(settings), args.split)
-    num_labels = int(guard.victim.run.get("num_labels", 2))
+    num_labels = guard.victim.num_labels
     if target is not None and not 0 <= target < num_labels:
         raise PeftshieldError(f"target {target} is out of range for a victim with {num_labels} labels")
     with one_line_warnings():

@@ -13,6 +13,7 @@ from peftshield.commands.common import (
     add_command,
     add_device_arg,
     add_threshold_args,
+    add_victim_args,
     clean_texts,
     print_json,
     printable,
@@ -31,6 +32,7 @@ examples:
   peftshield monitor fit --victim runs/victim --pvs scans/suspect --out monitors/victim
   peftshield monitor fit --victim runs/victim --pvs scans/suspect --target-frr 0.02 --out monitors/cal
   peftshield monitor predict --monitor monitors/victim --input texts.txt --purge
+  peftshield monitor fit --victim my-lora-adapter --pvs scans/base --clean movies --out monitors/mine
   echo "a gorgeous cf film" | peftshield monitor predict --monitor monitors/victim --input - --json
 """
 
@@ -38,14 +40,16 @@ FIT_EPILOG = """examples:
   peftshield monitor fit --victim runs/victim --pvs scans/suspect --out monitors/victim
   peftshield monitor fit --victim runs/victim --pvs scans/suspect --target-frr 0.02 --out monitors/cal
   peftshield monitor fit --victim runs/victim --pvs scans/suspect --clean reviews.csv --out monitors/own
+  peftshield monitor fit --victim my-lora-adapter --pvs scans/base --clean movies --out monitors/mine
 
-The PVs must come from a scan of the backbone the victim was tuned on (their fingerprints are
-compared). Clean texts (--clean, default: the dev split recorded in the victim's run.json) measure
-the clean false-rejection rate of T_match, or set the threshold with --target-frr.
-
-examples:
-  peftshield monitor fit --victim runs/victim --pvs runs/scan --out runs/monitor
-  peftshield monitor fit --victim runs/victim --pvs runs/scan --target-frr 0.05 --out runs/monitor-cal
+The victim is a 'peftshield tune' folder, a plain-peft adapter folder (its base read from
+adapter_config.json, or --base) or a Hugging Face sequence-classification folder; the monitor
+watches the vector its head reads (BERT: the pooler over [CLS]; RoBERTa, MPNet: the first token;
+Llama: the last real token; peftshield victims: their recorded pooling). The PVs must come from a
+scan of the victim's base backbone (their fingerprints are compared), mined on that vector. Clean
+texts (--clean, default: the dev split recorded in a 'peftshield tune' victim's run.json; give a
+corpus or file for other victims) measure the clean false-rejection rate of T_match, or set the
+threshold with --target-frr.
 """
 
 PREDICT_EPILOG = """--input: a text file with one input per line, '-' for standard input, or a
@@ -77,7 +81,7 @@ def add_parser(subparsers) -> None:
         description="Build an LMSanitator output monitor for a tuned victim from the PVs of a scan.",
         epilog=FIT_EPILOG,
     )
-    fit.add_argument("--victim", required=True, help="tuned model folder (peftshield tune --out)")
+    add_victim_args(fit)
     fit.add_argument("--pvs", required=True, help="scan folder (peftshield scan --out) or a PV file")
     fit.add_argument("--out", required=True, help="monitor folder to write (atomically)")
     add_threshold_args(
@@ -106,9 +110,7 @@ def add_parser(subparsers) -> None:
     predict.add_argument(
         "--text-column", default="text", help="text column of a CSV/TSV/JSONL input (default: text)"
     )
-    predict.add_argument(
-        "--victim", default=None, help="victim folder instead of the recorded one (same backbone)"
-    )
+    add_victim_args(predict, required=False, help="victim instead of the recorded one (same base backbone)")
     predict.add_argument("--purge", action="store_true", help="delete words from flagged inputs until clean")
     predict.add_argument(
         "--max-rounds", type=int, default=3, help="purge: at most this many deleted words (default: 3)"
@@ -122,15 +124,14 @@ def run_fit(args: argparse.Namespace) -> int:
     """Fit a monitor and save it."""
     from peftshield.defenses.lmsanitator.monitor import PAPER_T_MATCH, PVMonitor
     from peftshield.errors import PeftshieldError
-    from peftshield.tuning.trainer import RUN_FILE
     from peftshield.utils.device import resolve_device
     from peftshield.utils.io import check_output_dir
 
     if args.t_match is not None and not 0.0 <= args.t_match <= 1.0:
         raise PeftshieldError(f"--t-match must be in [0, 1], got {args.t_match}")
     victim = Path(args.victim)
-    if not (victim / RUN_FILE).is_file():
-        raise PeftshieldError(f"{victim} is not a tuned model folder (no {RUN_FILE})")
+    if not victim.is_dir():
+        raise PeftshieldError(f"victim not found: {victim} is not a folder")
     check_output_dir(args.out, overwrite=args.overwrite)  # fail now, not after the work
     threshold = "calibrated" if args.target_frr is not None else (args.t_match or PAPER_T_MATCH)
     if args.t_match == 0.0:
@@ -141,6 +142,7 @@ def run_fit(args: argparse.Namespace) -> int:
         threshold=threshold,
         target_frr=args.target_frr if args.target_frr is not None else 0.05,
         device=str(resolve_device(args.device)),
+        base=args.base,
     )
     monitor.check_params()
     # An empty list is allowed: with a fixed T_match the clean texts only measure its FRR.
@@ -173,7 +175,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from peftshield.utils.device import resolve_device
 
     texts = read_input_texts(args.input, text_column=args.text_column)
-    monitor = load_monitor(args.monitor, victim=args.victim, device=str(resolve_device(args.device)))
+    victim = args.victim
+    if victim is not None:
+        from peftshield.defenses.victim import load_victim
+
+        victim = load_victim(victim, str(resolve_device(args.device)), base=args.base)
+    monitor = load_monitor(args.monitor, victim=victim, device=str(resolve_device(args.device)))
     rows = []
     if args.purge:
         for i, res in enumerate(Purger(monitor, max_rounds=args.max_rounds).purge(texts)):

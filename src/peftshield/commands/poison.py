@@ -139,37 +139,21 @@ def run(args: argparse.Namespace) -> int:
     from peftshield.models.backbones import load_backbone
 
     backbone = load_backbone(args.backbone, pooling=args.pooling)
-    progress = False if args.quiet else None
-    if config.kind == "task-agnostic":
-        from peftshield.attacks.task_agnostic import poison_task_agnostic
-        from peftshield.data.corpora import load_corpus
+    from peftshield.attacks.poison import poison
 
-        examples = load_corpus(corpus, text_column=args.text_column, label_column=None)
-        result = poison_task_agnostic(
-            backbone, examples, config, seed=args.seed, device=device, progress=progress, corpus_name=corpus
-        )
-    else:
-        from peftshield.attacks.task_specific import poison_task_specific
-        from peftshield.commands.common import load_splits
-
-        settings = {
-            "corpus": corpus,
-            "text_column": args.text_column,
-            "label_column": args.label_column,
-            "split_seed": args.split_seed,
-            "max_train": args.max_train,
-            "max_eval": args.max_eval,
-        }
-        result = poison_task_specific(
-            backbone,
-            load_splits(settings),
-            config,
-            seed=args.seed,
-            device=device,
-            progress=progress,
-            corpus=corpus,
-            data=settings,
-        )
+    result = poison(
+        backbone,
+        config,
+        corpus,
+        seed=args.seed,
+        device=device,
+        progress=False if args.quiet else None,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        split_seed=args.split_seed,
+        max_train=args.max_train,
+        max_eval=args.max_eval,
+    )
     result.save(args.out, overwrite=args.overwrite)
     record = result.record
     metrics = {k: v for k, v in record.metrics.items() if k != "history"}

@@ -17,6 +17,7 @@ from peftshield.commands.common import (
     add_output_args,
     add_runtime_args,
     add_threshold_args,
+    add_victim_args,
     data_settings,
     load_splits,
     method_keys_help,
@@ -29,6 +30,13 @@ EPILOG = """examples:
   peftshield psim fit --backbone runs/poisoned --target-frr 0.05 --out runs/psim-cal
   peftshield psim fit --backbone runs/poisoned --method ptuning --out runs/psim-paper  # paper's P-tuning
   peftshield psim fit --backbone minilm --corpus reviews.csv --max-train 2000 --out runs/psim-mine
+  peftshield psim fit --victim my-lora-adapter --corpus reviews.csv --out runs/psim-adapter
+
+With --victim (a 'peftshield tune' folder, a peft adapter folder or a Hugging Face classifier
+folder), PSIM is fitted on the victim's base backbone (an adapter's base model, --base to
+override it; a fully fine-tuned classifier's own encoder) with a head of the victim's number of
+classes reading the vector its head reads; the detector records the base's fingerprint and the
+guard refuses it beside a victim on another base.
 
 The clean data is the training split of --corpus (the defender's own data); a held-out part
 (--calibration-fraction, default 0.2) is never trained on: it calibrates the threshold at
@@ -64,9 +72,14 @@ def add_parser(subparsers) -> None:
     )
     fit.add_argument(
         "--backbone",
-        default="minilm",
+        default=None,
         help="suspect backbone: registered name, model folder (e.g. a poisoned full model) or hub id "
-        "(default: minilm)",
+        "(default: minilm, or the --victim's base)",
+    )
+    add_victim_args(
+        fit,
+        required=False,
+        help="fit PSIM for this victim: on its base backbone, with a head of its shape (any victim form)",
     )
     fit.add_argument(
         "--head",
@@ -106,6 +119,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from peftshield.commands.guard import one_line_warnings
     from peftshield.defenses.base import CALIBRATED
     from peftshield.defenses.psim import PSIMDetector
+    from peftshield.errors import PeftshieldError
     from peftshield.utils.device import resolve_device
     from peftshield.utils.io import check_output_dir
 
@@ -114,8 +128,11 @@ def run_fit(args: argparse.Namespace) -> int:
     else:
         threshold, target_frr = (0.7 if args.threshold is None else args.threshold), 0.05
     device = resolve_device(args.device)
-    detector = PSIMDetector(
-        backbone=args.backbone,
+    if args.victim is not None and args.backbone is not None:
+        raise PeftshieldError("give --victim (PSIM on its base) or --backbone, not both")
+    if args.base is not None and args.victim is None:
+        raise PeftshieldError("--base is the base model of an adapter victim: give --victim too")
+    params = dict(
         method=args.method,
         config=parse_overrides(args.set, args.config) or None,
         head=args.head,
@@ -126,8 +143,11 @@ def run_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=str(device),
     )
+    detector = PSIMDetector(backbone=args.backbone or "minilm", **params)
     detector.check_params()  # every option error before any data or model is loaded
     check_output_dir(args.out, overwrite=args.overwrite)  # fail now, not after training
+    if args.victim is not None:
+        detector = PSIMDetector.for_victim(args.victim, base=args.base, **params)
     settings = data_settings(args)
     splits = load_splits(settings)
     with one_line_warnings():
@@ -135,7 +155,8 @@ def run_fit(args: argparse.Namespace) -> int:
     detector.save(args.out, overwrite=args.overwrite)
     summary = {
         "out": args.out,
-        "backbone": args.backbone,
+        "backbone": detector.backbone,
+        "victim": args.victim,
         "method": args.method,
         "head": detector.head_,
         "threshold": detector.threshold_,

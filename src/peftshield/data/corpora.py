@@ -581,3 +581,29 @@ def split_examples(
         dev=[examples[i] for i in orders["dev"]],
         test=[examples[i] for i in orders["test"]],
     )
+
+
+def load_splits(settings: dict[str, Any]) -> Splits:
+    """Load a corpus and split it deterministically (train / dev / test) according to ``settings``.
+
+    ``settings``: ``corpus`` (a built-in name or a CSV/TSV/JSONL file), ``text_column``,
+    ``label_column``, ``split_seed`` (default 0), ``max_train`` and ``max_eval`` (stratified caps,
+    default none). The same settings give the same splits (docs/design.md: every random choice
+    takes a seed); an unlabelled corpus is refused.
+    """
+    for key in ("max_train", "max_eval"):
+        if settings.get(key) is not None and settings[key] < 1:
+            raise PeftshieldError(f"--{key.replace('_', '-')} must be at least 1")
+    examples = load_corpus(
+        settings["corpus"],
+        text_column=settings.get("text_column", "text"),
+        label_column=settings.get("label_column", "label"),
+    )
+    if any(e.label < 0 for e in examples):
+        raise PeftshieldError(f"corpus {settings['corpus']!r} is unlabelled; a classifier needs labels")
+    return split_examples(
+        examples,
+        seed=settings.get("split_seed", 0),
+        max_train=settings.get("max_train"),
+        max_eval=settings.get("max_eval"),
+    )

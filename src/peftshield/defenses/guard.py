@@ -121,11 +121,14 @@ def _loader_takes_victim(folder: str | Path) -> bool:
 class Guard:
     """A victim classifier plus detectors; rejects inputs any detector flags (PSIM §3 deployment).
 
-    ``victim`` is a :class:`peftshield.tuning.trainer.TunedModel` (any adapter or full-model folder
-    loaded with :func:`~peftshield.tuning.trainer.load_tuned`). ``detectors`` is one fitted
+    ``victim`` is any form :func:`peftshield.defenses.victim.load_victim` accepts: a folder
+    written by ``peftshield tune``, a plain-peft adapter folder (``base`` overrides the base model
+    its ``adapter_config.json`` names), a Hugging Face sequence-classification folder, a loaded
+    :class:`~peftshield.tuning.trainer.TunedModel`, an in-memory ``(model, tokenizer)`` pair or a
+    :class:`~peftshield.models.victims.LoadedVictim`. ``detectors`` is one fitted
     :class:`~peftshield.defenses.base.Detector`, a list (named after each detector's ``name``,
     repeats numbered) or a ``{name: detector}`` mapping. A detector fitted on another backbone than
-    the victim's is refused (fingerprints compared), unless ``check_backbone=False``.
+    the victim's base is refused (fingerprints compared), unless ``check_backbone=False``.
     """
 
     def __init__(
@@ -135,57 +138,53 @@ class Guard:
         *,
         batch_size: int = 128,
         check_backbone: bool = True,
+        device: str = "cpu",
+        base: str | None = None,
     ) -> None:
-        self.victim = victim
+        from peftshield.defenses.victim import load_victim
+
+        self.victim = load_victim(victim, device, base=base)
         self.detectors = _name_detectors(detectors)
         self.batch_size = batch_size
         if check_backbone:
-            recorded = (getattr(victim, "run", None) or {}).get("backbone", {}).get("fingerprint")
+            recorded = self.victim.base_fingerprint
             for det in self.detectors.values():
                 det.check_backbone(recorded, what="the victim")
 
     @classmethod
     def from_folders(
         cls,
-        victim: str | Path,
+        victim: Any,
         detectors: Sequence[str | Path],
         *,
         device: str = "cpu",
         batch_size: int = 128,
+        base: str | None = None,
     ) -> Guard:
-        """Load a victim folder (``peftshield tune`` output) and detector folders, then build the guard."""
+        """Load a victim (any form, see the class) and detector folders, then build the guard."""
         from peftshield.defenses.base import load_detector
-        from peftshield.tuning.trainer import load_tuned
+        from peftshield.defenses.victim import load_victim
         from peftshield.utils.device import resolve_device
 
         if not detectors:
             raise PeftshieldError("a guard needs at least one detector folder")
         torch_device = resolve_device(device)
-        tuned = load_tuned(victim, device=torch_device)
+        loaded_victim = load_victim(victim, str(torch_device), base=base)
         loaded = []
         for folder in detectors:
             # Detectors that query the victim (STRIP, RAP, the LMSanitator monitor) get the guard's
             # own, already-loaded victim: loaded once, and their loader checks it is theirs.
-            shared = {"victim": tuned} if _loader_takes_victim(folder) else {}
+            shared = {"victim": loaded_victim} if _loader_takes_victim(folder) else {}
             loaded.append(load_detector(folder, device=str(torch_device), **shared))
-        return cls(tuned, loaded, batch_size=batch_size)
+        return cls(loaded_victim, loaded, batch_size=batch_size)
 
     def thresholds(self) -> dict[str, float]:
         """Each detector's fitted threshold."""
         return {name: float(det.threshold_) for name, det in self.detectors.items()}
 
     def _victim_pred(self, texts: list[str]) -> np.ndarray:
-        from peftshield.models.inference import predict_outputs
-
         warn_truncation(self.victim.tokenizer, texts, self.victim.max_length, "victim")
-        logits, _ = predict_outputs(
-            self.victim.model,
-            self.victim.tokenizer,
-            texts,
-            batch_size=self.batch_size,
-            max_length=self.victim.max_length,
-        )
-        return logits.argmax(axis=-1)
+        return self.victim.logits(texts, batch_size=self.batch_size).argmax(axis=-1)
 
     def run(self, texts: Sequence[str], *, victim_on_rejected: bool = True) -> GuardedBatch:
         """Score ``texts`` with every detector and classify them with the victim, in batches.

@@ -225,6 +225,8 @@ class PSIMDetector(Detector):
     - ``calibration_fraction``: share of the clean data held out for the threshold (and, with a
       fixed threshold, to report its clean FRR); 0 trains on everything (fixed threshold only).
     - ``num_labels``: classes of the module (default: the published head's, else the labels', else 2).
+    - ``pooling``: the vector the module's head reads (default: the backbone's own); for a foreign
+      victim, the one the victim's head reads (:meth:`for_victim`).
     - ``seed``, ``device`` (``cpu``, ``cuda``, ``auto``), ``batch_size`` (scoring).
 
     Fitted attributes: ``threshold_``, ``backbone_fingerprint_``, ``backbone_ref_``, ``head_``,
@@ -260,6 +262,7 @@ class PSIMDetector(Detector):
         seed: int = 0,
         device: str = "cpu",
         batch_size: int = 128,
+        pooling: str | None = None,
     ) -> None:
         self.backbone = backbone
         self.method = method
@@ -273,6 +276,31 @@ class PSIMDetector(Detector):
         self.seed = seed
         self.device = device
         self.batch_size = batch_size
+        self.pooling = pooling
+
+    @classmethod
+    def for_victim(cls, victim: Any, *, base: str | None = None, **params: Any) -> Self:
+        """An unfitted PSIM detector for ``victim``: its base backbone, a head of its shape (PSIM §3).
+
+        PSIM is trained on the suspect pretrained weights, which for a foreign victim are the base
+        model under its adapter (or, for a fully fine-tuned classifier, its own encoder), with a head
+        of the victim's number of classes reading the vector the victim's head reads
+        (:mod:`peftshield.models.representation`). ``victim`` is any form
+        :func:`peftshield.defenses.victim.load_victim` accepts (``base`` overrides an adapter's
+        base); ``params`` are the other constructor parameters. The fitted detector records the
+        base's fingerprint, and the guard refuses it beside a victim on another base.
+        """
+        from peftshield.defenses.victim import load_victim
+
+        loaded = load_victim(victim, params.get("device", "cpu"), base=base)
+        if loaded.base is None:
+            raise PeftshieldError(
+                "PSIM: this victim names no base backbone (an in-memory model without a peft base); "
+                "give PSIMDetector(backbone=...) instead"
+            )
+        params.setdefault("num_labels", loaded.num_labels)
+        params.setdefault("pooling", loaded.head_pooling)
+        return cls(backbone=loaded.base, **params)
 
     # -- parameters ----------------------------------------------------------------------------------
 
@@ -321,7 +349,7 @@ class PSIMDetector(Detector):
         self.check_params()
         config = self.method_config()
         examples = _as_examples(clean)
-        backbone = load_backbone(self.backbone)
+        backbone = load_backbone(self.backbone, pooling=self.pooling)
         published = _head_labels(Path(backbone.location))
         head = self.head if self.head != "auto" else ("keep" if published else "fresh")
         if head == "keep" and published is None:

@@ -172,7 +172,8 @@ class RAPDetector(VictimDetector):
     - ``threshold``: ``"calibrated"`` (default) or a fixed number on the score scale (``[-1, 0]``
       two-sided, ``[-1, 1]`` one-sided); ``target_frr``; ``calibration_fraction``: share of the clean
       texts held out of the construction to calibrate the threshold.
-    - ``seed``, ``device``, ``batch_size`` (scoring), ``max_length`` (default: the victim's).
+    - ``seed``, ``device``, ``batch_size`` (scoring), ``max_length`` (default: the victim's),
+      ``base`` (the base model of a plain-peft adapter victim, overriding its ``adapter_config.json``).
 
     Fitted attributes: ``threshold_``, ``backbone_fingerprint_``, ``victim_fingerprint_``,
     ``embedding_`` (one learned vector per protected class, shape ``(n, hidden)``; saved in
@@ -214,6 +215,7 @@ class RAPDetector(VictimDetector):
         device: str = "cpu",
         batch_size: int = 128,
         max_length: int | None = None,
+        base: str | None = None,
     ) -> None:
         self.victim = victim
         self.target_label = target_label
@@ -232,6 +234,7 @@ class RAPDetector(VictimDetector):
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length
+        self.base = base
 
     # -- parameters --------------------------------------------------------------------------------
 

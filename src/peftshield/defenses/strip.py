@@ -142,7 +142,8 @@ class STRIPDetector(VictimDetector):
     - ``calibration_fraction``: share of the clean texts held out of the word pool to calibrate the
       threshold (or, with a fixed one, to report its clean FRR).
     - ``seed``, ``device``, ``batch_size`` (victim forward passes), ``max_length`` (default: the
-      victim's).
+      victim's), ``base`` (the base model of a plain-peft adapter victim, overriding the one its
+      ``adapter_config.json`` names).
 
     Fitted attributes: ``threshold_``, ``backbone_fingerprint_``, ``victim_fingerprint_``,
     ``pool_`` (each held-out text's words by decreasing TF-IDF), ``n_pool_``,
@@ -170,6 +171,7 @@ class STRIPDetector(VictimDetector):
         device: str = "cpu",
         batch_size: int = 128,
         max_length: int | None = None,
+        base: str | None = None,
     ) -> None:
         self.victim = victim
         self.repeat = repeat
@@ -181,6 +183,7 @@ class STRIPDetector(VictimDetector):
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length
+        self.base = base
 
     def check_params(self) -> None:
         """Validate the parameters before any model is loaded."""

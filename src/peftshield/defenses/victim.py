@@ -6,14 +6,13 @@ RAP inserts a learned word and measures the drop of the *victim's* protected-cla
 (Yang et al., EMNLP 2021), ONION asks the victim again after removing outlier words (Qi et al.,
 EMNLP 2021). :class:`VictimDetector` is what they share:
 
-- the ``victim`` parameter: a folder written by ``peftshield tune`` (an adapter or a full model,
-  read with :func:`peftshield.tuning.trainer.load_tuned`), a loaded
-  :class:`~peftshield.tuning.trainer.TunedModel` or :class:`~peftshield.tuning.trainer.TuneResult`,
-  or an in-memory ``(model, tokenizer)`` pair (any model whose output has ``logits``, e.g. a
-  Hugging Face sequence classifier); a detector built on an in-memory victim can be used but not
-  saved;
-- two fingerprints: ``backbone_fingerprint_`` (the backbone the victim records in its
-  ``run.json``; the guard compares it with its own victim's, as for every detector) and
+- the ``victim`` parameter: any form :func:`load_victim` accepts - a folder written by
+  ``peftshield tune``, a plain-peft adapter folder (``base`` overrides its base model), a Hugging
+  Face sequence-classification folder, a loaded :class:`~peftshield.tuning.trainer.TunedModel` or
+  :class:`~peftshield.tuning.trainer.TuneResult`, or an in-memory ``(model, tokenizer)`` pair; a
+  detector built on an in-memory victim can be used but not saved;
+- two fingerprints: ``backbone_fingerprint_`` (the victim's base backbone, recorded in its
+  ``run.json`` or computed from its base; the guard compares it with its own victim's) and
   ``victim_fingerprint_``, a sha256 over every weight of the victim (adapter and head included):
   a saved detector reloaded beside another victim, even one tuned on the same backbone, is refused,
   because its threshold (and RAP's learned word) belongs to the victim it was fitted on;
@@ -27,8 +26,8 @@ EMNLP 2021). :class:`VictimDetector` is what they share:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -37,57 +36,92 @@ import numpy as np
 from peftshield.data.records import Example
 from peftshield.defenses.base import Detector, check_held_out, check_texts, on_device, warn_truncation
 from peftshield.errors import PeftshieldError
+from peftshield.models.victims import DEFAULT_MAX_LENGTH, LoadedVictim
 from peftshield.utils.validate import require_int_at_least
 
-#: Token limit of an in-memory victim that does not say its own.
-DEFAULT_MAX_LENGTH = 128
+__all__ = ["DEFAULT_MAX_LENGTH", "LoadedVictim", "VictimDetector", "load_victim"]
 
 
-@dataclass
-class LoadedVictim:
-    """A victim ready for inference: model, tokenizer, token limit and its ``run.json`` (if any)."""
+def load_victim(
+    victim: Any, device: str = "cpu", max_length: int | None = None, *, base: str | None = None
+) -> LoadedVictim:
+    """Turn any accepted ``victim`` form into a :class:`LoadedVictim` (docs/design.md, "The artifacts
+    users bring").
 
-    model: Any
-    tokenizer: Any
-    max_length: int
-    run: dict = field(default_factory=dict)
-
-
-def load_victim(victim: Any, device: str = "cpu", max_length: int | None = None) -> LoadedVictim:
-    """Turn any accepted ``victim`` form into a :class:`LoadedVictim` (a folder is loaded on ``device``)."""
-    from peftshield.tuning.trainer import load_tuned
+    Forms: a folder written by ``peftshield tune`` (it has ``run.json``), a plain-peft adapter
+    folder (``adapter_config.json``; ``base`` overrides its base model), a Hugging Face
+    sequence-classification folder (``config.json``), a loaded
+    :class:`~peftshield.tuning.trainer.TunedModel` or :class:`~peftshield.tuning.trainer.TuneResult`,
+    an in-memory ``(model, tokenizer)`` pair, or a :class:`LoadedVictim` (returned as it is). A
+    folder is loaded on ``device``; ``max_length`` replaces the victim's token limit.
+    """
+    from peftshield.models.victims import load_adapter_folder, load_classifier_folder, victim_from_pair
     from peftshield.utils.device import resolve_device
 
+    if isinstance(victim, LoadedVictim):
+        return victim if max_length is None else dataclasses.replace(victim, max_length=int(max_length))
     if isinstance(victim, str | Path):
-        tuned = load_tuned(victim, device=resolve_device(device))
-        return LoadedVictim(tuned.model, tuned.tokenizer, int(max_length or tuned.max_length), tuned.run)
-    if isinstance(victim, tuple | list) and len(victim) == 2:
-        model, tokenizer = victim
-        run: dict = {}
-        limit = max_length or getattr(tokenizer, "model_max_length", None)
-        # Tokenizers without a limit report a huge sentinel (int(1e30)).
-        if not isinstance(limit, int) or limit > 100_000:
-            limit = DEFAULT_MAX_LENGTH
-    elif hasattr(victim, "model") and hasattr(victim, "tokenizer"):
-        model, tokenizer = victim.model, victim.tokenizer
-        run = dict(getattr(victim, "run", None) or {})
-        config = getattr(victim, "config", None)  # a TuneResult carries its method config
-        limit = max_length or getattr(victim, "max_length", None) or getattr(config, "max_length", None)
-        if not run and getattr(victim, "backbone_fingerprint", None):
-            run = {"backbone": {"fingerprint": victim.backbone_fingerprint}}
-    else:
+        from peftshield.models.adapter_config import is_adapter_folder
+        from peftshield.tuning.trainer import RUN_FILE, load_tuned
+
+        folder = Path(victim)
+        if not folder.is_dir():
+            raise PeftshieldError(f"victim not found: {folder} is not a folder")
+        torch_device = resolve_device(device)
+        if (folder / RUN_FILE).is_file():
+            tuned = load_tuned(folder, device=torch_device, backbone=base)
+            return _from_tuned(tuned, str(folder.resolve()), max_length)
+        if is_adapter_folder(folder):
+            return load_adapter_folder(folder, base=base, device=torch_device, max_length=max_length)
+        if (folder / "config.json").is_file():
+            return load_classifier_folder(folder, device=torch_device, max_length=max_length)
         raise PeftshieldError(
-            "victim must be a tuned-model folder, a loaded TunedModel / TuneResult or a (model, tokenizer) "
-            f"pair, got {type(victim).__name__}"
+            f"{folder} is not a victim: it has no run.json (peftshield tune), adapter_config.json (a peft "
+            "adapter) or config.json (a Hugging Face classifier)"
         )
-    if not callable(model) or not callable(tokenizer):
+    if isinstance(victim, tuple | list) and len(victim) == 2:
+        return victim_from_pair(victim[0], victim[1], max_length)
+    if hasattr(victim, "model") and hasattr(victim, "tokenizer"):
+        return _from_tuned(victim, "in-memory", max_length)
+    raise PeftshieldError(
+        "victim must be a tuned-model, peft adapter or Hugging Face classifier folder, a loaded TunedModel / "
+        f"TuneResult or a (model, tokenizer) pair, got {type(victim).__name__}"
+    )
+
+
+def _from_tuned(tuned: Any, source: str, max_length: int | None) -> LoadedVictim:
+    """A peftshield victim (:class:`TunedModel` or :class:`TuneResult`) as a :class:`LoadedVictim`."""
+    run = dict(getattr(tuned, "run", None) or {})
+    config = getattr(tuned, "config", None)  # a TuneResult carries its method config
+    limit = max_length or getattr(tuned, "max_length", None) or getattr(config, "max_length", None)
+    if not run and getattr(tuned, "backbone_fingerprint", None):
+        run = {"backbone": {"fingerprint": tuned.backbone_fingerprint}}
+    record = run.get("backbone") or {}
+    backbone = getattr(tuned, "backbone", None)
+    base = record.get("ref") or getattr(backbone, "location", None)
+    num_labels = run.get("num_labels") or getattr(tuned, "num_labels", None)
+    if num_labels is None:
+        from peftshield.models.representation import unwrap
+
+        num_labels = getattr(unwrap(tuned.model), "num_labels", 0)
+    if not callable(tuned.model) or not callable(tuned.tokenizer):
         raise PeftshieldError("victim: the model and the tokenizer must both be callable")
-    return LoadedVictim(model, tokenizer, int(limit or DEFAULT_MAX_LENGTH), run)
+    return LoadedVictim(
+        model=tuned.model,
+        tokenizer=tuned.tokenizer,
+        max_length=int(limit or DEFAULT_MAX_LENGTH),
+        run=run,
+        kind="peftshield",
+        source=source,
+        base=base,
+        num_labels=int(num_labels),
+        base_fingerprint_known=record.get("fingerprint"),
+    )
 
 
 def recorded_fingerprint(victim: LoadedVictim) -> str | None:
-    """The backbone fingerprint a victim records in its ``run.json`` (``None`` if unknown)."""
-    return (victim.run.get("backbone") or {}).get("fingerprint")
+    """The fingerprint of the victim's base backbone (recorded or computed; ``None`` if unknown)."""
+    return victim.base_fingerprint
 
 
 def weights_fingerprint(model: Any) -> str:
@@ -132,6 +166,7 @@ class VictimDetector(Detector):
     max_length: int | None
     calibration_fraction: float
     seed: int
+    base: str | None
 
     def check_params(self) -> None:
         """Validate the shared parameters (threshold policy, batch size, token limit, held-out split)."""
@@ -155,7 +190,12 @@ class VictimDetector(Detector):
 
     def _attach_victim(self, victim: Any = None) -> LoadedVictim:
         """Load the victim (``self.victim`` unless another is given) and record its fingerprints."""
-        loaded = load_victim(self.victim if victim is None else victim, self.device, self.max_length)
+        loaded = load_victim(
+            self.victim if victim is None else victim,
+            self.device,
+            self.max_length,
+            base=getattr(self, "base", None),
+        )
         self.victim_ = loaded
         self.backbone_fingerprint_ = recorded_fingerprint(loaded)
         self.victim_fingerprint_ = weights_fingerprint(loaded.model)
@@ -180,19 +220,9 @@ class VictimDetector(Detector):
 
     def victim_logits(self, texts: Sequence[str], *, warn: bool = True) -> np.ndarray:
         """The victim's logits for ``texts`` (sorted-length batches of ``batch_size``)."""
-        from peftshield.models.inference import predict_outputs
-
         if warn:
             self._warn_truncation(texts)
-        victim = self._check_victim()
-        logits, _ = predict_outputs(
-            victim.model,
-            victim.tokenizer,
-            list(texts),
-            batch_size=int(self.batch_size),
-            max_length=victim.max_length,
-        )
-        return logits
+        return self._check_victim().logits(list(texts), batch_size=int(self.batch_size))
 
     # -- persistence -----------------------------------------------------------------------------
 
@@ -223,7 +253,11 @@ class VictimDetector(Detector):
         detector = super()._from_record(on_device(record, device), folder)
         expected = getattr(detector, "victim_fingerprint_", None)
         try:
-            loaded = load_victim(victim if victim is not None else detector.victim, detector.device)
+            loaded = load_victim(
+                victim if victim is not None else detector.victim,
+                detector.device,
+                base=getattr(detector, "base", None),
+            )
         except PeftshieldError as err:
             raise PeftshieldError(f"{cls.name} detector {folder}: {err}") from None
         got = weights_fingerprint(loaded.model)

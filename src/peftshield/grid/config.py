@@ -99,7 +99,7 @@ class CorpusRef:
     size: int | None = None
 
     def load_settings(self) -> dict[str, Any]:
-        """The keys :func:`peftshield.commands.common.load_splits` reads (without caps)."""
+        """The keys :func:`peftshield.data.corpora.load_splits` reads (without caps)."""
         return {"corpus": self.ref, "text_column": self.text_column, "label_column": self.label_column}
 
 

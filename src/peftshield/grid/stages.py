@@ -42,7 +42,7 @@ def reset_memos() -> None:
 
 def load_split(corpus: dict[str, Any], split_seed: int, max_train: int | None, max_eval: int | None) -> Any:
     """The deterministic splits of a corpus (memoised per process: cells share their data)."""
-    from peftshield.commands.common import load_splits
+    from peftshield.data.corpora import load_splits
 
     settings = {**corpus, "split_seed": split_seed, "max_train": max_train, "max_eval": max_eval}
     key = json.dumps(settings, sort_keys=True)
@@ -68,29 +68,27 @@ def build_poison(stage: Stage, device: Any, out: Path) -> dict[str, Any]:
     seed = int(stage.spec["seed"])
     corpus = stage.args["corpus"]
     label = stage.args["corpus_label"]
-    if config.kind == "task-agnostic":
-        from peftshield.attacks.task_agnostic import poison_task_agnostic
+    from peftshield.attacks.poison import poison
 
-        texts = _texts(corpus["corpus"], corpus["text_column"])
-        result = poison_task_agnostic(
-            stage.args["backbone"], texts, config, seed=seed, device=device, progress=False, corpus_name=label
-        )
-    else:
-        from peftshield.attacks.task_specific import poison_task_specific
-
-        data = stage.spec["data"]
+    data = stage.spec.get("data") or {}
+    splits = None
+    if config.kind != "task-agnostic":
         splits = load_split(corpus, data["split_seed"], data["max_train"], data["max_eval"])
-        settings = {**corpus, **data}
-        result = poison_task_specific(
-            stage.args["backbone"],
-            splits,
-            config,
-            seed=seed,
-            device=device,
-            progress=False,
-            corpus=label,
-            data=settings,
-        )
+    result = poison(
+        stage.args["backbone"],
+        config,
+        corpus["corpus"],
+        seed=seed,
+        device=device,
+        progress=False,
+        text_column=corpus.get("text_column", "text"),
+        label_column=corpus.get("label_column") or "label",
+        split_seed=data.get("split_seed", 0),
+        max_train=data.get("max_train"),
+        max_eval=data.get("max_eval"),
+        splits=splits,
+        name=label,
+    )
     result.save(out)
     record = result.record
     return {

@@ -22,6 +22,10 @@ from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
+#: Weight-name prefixes of task heads that a bare encoder drops when it is loaded from a task
+#: model's checkpoint (a sequence classifier's ``classifier`` / ``score``, an LM head).
+TASK_HEADS = ("classifier.", "pre_classifier.", "score.", "lm_head.", "cls.")
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -191,6 +195,7 @@ def strict_from_pretrained(
     what: str,
     *,
     allow_missing: tuple[str, ...] = (),
+    allow_unexpected: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> Any:
     """``model_cls.from_pretrained`` that refuses missing, unexpected or mis-shaped weights.
@@ -198,9 +203,11 @@ def strict_from_pretrained(
     transformers re-initialises a weight the checkpoint lacks at random and drops one it does not
     expect, with only a log line. For untrusted weights (docs/design.md, "Untrusted artifacts stay
     untrusted") both are errors that name the weights. ``allow_missing`` lists name prefixes that
-    may be absent on purpose (a fresh classification head over a bare encoder). Loading is
-    safetensors only and ``trust_remote_code=False``; a corrupt file is a one-line error, and so is
-    a ``config.json`` whose sizes (``hidden_size`` ...) do not match the weights.
+    may be absent on purpose (a fresh classification head over a bare encoder);
+    ``allow_unexpected`` name prefixes the model may drop on purpose (a task head or a pooler the
+    loaded class does not have). Loading is safetensors only and ``trust_remote_code=False``; a
+    corrupt file is a one-line error, and so is a ``config.json`` whose sizes (``hidden_size`` ...)
+    do not match the weights.
     """
     kwargs = {"use_safetensors": True, "trust_remote_code": False, "ignore_mismatched_sizes": True, **kwargs}
     with quiet_transformers():
@@ -215,7 +222,8 @@ def strict_from_pretrained(
                 f"cannot load {what}{_at(what, location)}: corrupt weights ({_first_line(err)})"
             ) from None
     missing = {k for k in info.get("missing_keys", ()) if not str(k).startswith(allow_missing)}
-    _refuse_state(what, location, missing, info.get("unexpected_keys", ()), info.get("mismatched_keys", ()))
+    unexpected = {k for k in info.get("unexpected_keys", ()) if not str(k).startswith(allow_unexpected)}
+    _refuse_state(what, location, missing, unexpected, info.get("mismatched_keys", ()))
     return model
 
 
@@ -320,6 +328,13 @@ def load_tokenizer(location: str, what: str) -> Any:
     return tokenizer
 
 
+def _only_pooler_missing(message: str) -> bool:
+    """Whether a :func:`strict_from_pretrained` refusal lists missing pooler weights and nothing else."""
+    _, _, listed = message.partition(": missing weights: ")
+    names = [n.strip() for n in listed.split(",")] if listed and ";" not in listed else []
+    return bool(names) and all(n.startswith("pooler.") for n in names)
+
+
 @dataclass
 class LoadedBackbone:
     """An encoder with its tokenizer, output representation and where it came from."""
@@ -341,10 +356,21 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
     from transformers import AutoModel
 
     location, default_pooling = resolve_backbone(ref)
-    # A checkpoint saved from a task model (e.g. BertForMaskedLM) carries weights the bare encoder
-    # does not use; those heads are dropped on purpose, every encoder weight must be there.
-    encoder = strict_from_pretrained(AutoModel, location, f"backbone {ref!r}")
-    tokenizer = load_tokenizer(location, f"backbone {ref!r}")
+    # A checkpoint saved from a task model (e.g. BertForMaskedLM, a sequence classifier) carries
+    # weights the bare encoder does not use; those heads are dropped on purpose, every encoder
+    # weight must be there.
+    what = f"backbone {ref!r}"
+    try:
+        encoder = strict_from_pretrained(AutoModel, location, what, allow_unexpected=TASK_HEADS)
+    except PeftshieldError as err:
+        # RoBERTa / MPNet classifiers have no pooler layer: their encoder is loaded without one
+        # (never with a random one); the pooling "pooler" is then refused below.
+        if not _only_pooler_missing(str(err)):
+            raise
+        encoder = strict_from_pretrained(
+            AutoModel, location, what, allow_unexpected=TASK_HEADS, add_pooling_layer=False
+        )
+    tokenizer = load_tokenizer(location, what)
     chosen = pooling or getattr(encoder.config, CONFIG_KEY, None) or default_pooling or "cls"
     if chosen not in POOLING_CHOICES:
         raise PeftshieldError(f"unknown pooling {chosen!r}; choose one of {', '.join(POOLING_CHOICES)}")

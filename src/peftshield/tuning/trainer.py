@@ -122,6 +122,10 @@ class TuneResult:
     total_params: int = 0
     backbone_fingerprint: str = ""
 
+    def save(self, out_dir: str | Path, extra: dict | None = None, overwrite: bool = False) -> Path:
+        """Write the tuned model and its ``run.json`` to ``out_dir`` (:func:`save_tuned`)."""
+        return save_tuned(self, out_dir, extra=extra, overwrite=overwrite)
+
 
 def _param_groups(model: torch.nn.Module, config: MethodConfig) -> list[dict]:
     head, body = [], []
@@ -168,7 +172,7 @@ def tune(
     backbone: LoadedBackbone | str,
     train: Sequence[Example],
     dev: Sequence[Example],
-    config: MethodConfig,
+    config: MethodConfig | str,
     *,
     num_labels: int | None = None,
     seed: int = 0,
@@ -180,9 +184,15 @@ def tune(
     """Fine-tune ``backbone`` on ``train`` with ``config`` and keep the best-dev checkpoint.
 
     The same seed gives the same model: the seed fixes the head and adapter initialisation, the
-    dropout masks and the order of the batches.
+    dropout masks and the order of the batches. ``config`` is a method config or a method name
+    (``full``, ``lora``, ``prompt``, ``ptuning``, ``prefix``) with its defaults.
     """
     from tqdm.auto import tqdm
+
+    if isinstance(config, str):
+        from peftshield.tuning.config import method_config
+
+        config = method_config(config)
 
     num_labels = check_labels(train, num_labels)
     if any(not 0 <= e.label < num_labels for e in dev):

@@ -65,14 +65,13 @@ class MonitorBatch:
 
 
 def victim_fingerprint(victim: Any) -> str | None:
-    """The backbone fingerprint a tuned victim records in its ``run.json`` (``None`` if it has none).
+    """The fingerprint of a loaded victim's base backbone (``None`` if unknown).
 
-    :func:`peftshield.tuning.trainer.load_tuned` checks an adapter's recorded fingerprint against the
-    backbone it loads, so the record names the weights under the adapter. For ``full`` fine-tuning
-    it names the backbone the victim was tuned FROM.
+    For a ``peftshield tune`` victim it is the one its ``run.json`` records (for ``full`` fine-tuning:
+    the backbone it was tuned FROM); for a foreign victim the fingerprint of its base model
+    (:attr:`peftshield.models.victims.LoadedVictim.base_fingerprint`).
     """
-    run = getattr(victim, "run", None) or {}
-    return (run.get("backbone") or {}).get("fingerprint")
+    return getattr(victim, "base_fingerprint", None)
 
 
 class PVMonitor(Detector):
@@ -80,15 +79,18 @@ class PVMonitor(Detector):
 
     Parameters (stored as given):
 
-    - ``victim``: the tuned model to watch - a folder written by ``peftshield tune`` or a loaded
-      :class:`~peftshield.tuning.trainer.TunedModel` (a monitor built on a loaded one can be used
-      but not saved).
+    - ``victim``: the classifier to watch, in any form :func:`peftshield.defenses.victim.load_victim`
+      accepts (a ``peftshield tune`` folder, a plain-peft adapter folder, a Hugging Face classifier
+      folder, a loaded victim or an in-memory pair; one built on a loaded victim can be used but
+      not saved). The monitored vector is the one its head reads
+      (:mod:`peftshield.models.representation`).
     - ``pvs``: a scan folder (``peftshield scan --out``), a PV file (tensor ``pvs``) or a tensor
       ``(n, hidden)``. A scan folder records the scanned backbone's fingerprint; the victim must
       record the same one.
     - ``threshold``: ``T_match`` (paper 0.8) or ``"calibrated"`` (the clean-score quantile at
       ``target_frr``).
-    - ``device``, ``batch_size``, ``max_length`` (default: the victim's).
+    - ``device``, ``batch_size``, ``max_length`` (default: the victim's), ``base`` (the base model
+      of a plain-peft adapter victim, overriding its ``adapter_config.json``).
 
     Fitted attributes: ``threshold_``, ``backbone_fingerprint_``, ``pvs_`` (float tensor),
     ``n_pvs_``, ``pv_source_``, ``calibration_frr_``, ``n_calibration_``, ``clean_score_mean_``,
@@ -113,6 +115,7 @@ class PVMonitor(Detector):
         device: str = "cpu",
         batch_size: int = 128,
         max_length: int | None = None,
+        base: str | None = None,
     ) -> None:
         self.victim = victim
         self.pvs = pvs
@@ -121,6 +124,7 @@ class PVMonitor(Detector):
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length
+        self.base = base
 
     # -- parameters --------------------------------------------------------------------------------
 
@@ -132,20 +136,11 @@ class PVMonitor(Detector):
     # -- fit ---------------------------------------------------------------------------------------
 
     def _load_victim(self, victim: Any = None) -> Any:
-        from peftshield.tuning.trainer import load_tuned
-        from peftshield.utils.device import resolve_device
+        from peftshield.defenses.victim import load_victim
 
-        victim = self.victim if victim is None else victim
-        if isinstance(victim, str | Path):
-            return load_tuned(victim, device=resolve_device(self.device))
-        for attr in ("model", "tokenizer", "max_length"):
-            if not hasattr(victim, attr):
-                raise PeftshieldError(
-                    f"victim must be a tuned-model folder or a loaded TunedModel, got {type(victim).__name__}"
-                )
-        return victim
+        return load_victim(self.victim if victim is None else victim, self.device, base=self.base)
 
-    def _load_pvs(self, hidden: int) -> tuple[Any, str | None, str]:
+    def _load_pvs(self, hidden: int, pooling: str | None = None) -> tuple[Any, str | None, str]:
         import torch
 
         from .scan import load_pvs
@@ -162,6 +157,12 @@ class PVMonitor(Detector):
                 f"pvs must be a scan folder, a PV file or a tensor, got {type(self.pvs).__name__}"
             )
         found = load_pvs(self.pvs, hidden_size=hidden)
+        mined_on = found.scan.get("pooling")
+        if pooling and isinstance(mined_on, str) and mined_on != pooling:
+            raise PeftshieldError(
+                f"the PVs in {found.source} were mined on the {mined_on!r} vector but the victim's head "
+                f"reads {pooling!r}; scan its base with --pooling {pooling}"
+            )
         if found.scan.get("stop_at_first") and found.scan.get("verdict") == "backdoored":
             # Measured on a POR minilm with six triggers: a first-PV scan covers one trigger, so
             # the other five pass the monitor (defended ASR 1.0); a --all scan covered all six.
@@ -184,8 +185,8 @@ class PVMonitor(Detector):
         if self.threshold == "calibrated" and not texts:
             raise PeftshieldError("a calibrated threshold needs clean texts")
         victim = self._load_victim()
-        hidden = int(victim.model.config.hidden_size)
-        pvs, pv_fp, source = self._load_pvs(hidden)
+        hidden = victim.hidden_size
+        pvs, pv_fp, source = self._load_pvs(hidden, victim.head_pooling)
         if pvs.shape[0] == 0:
             raise PeftshieldError(f"{source} holds no PV (the scan found none): nothing to monitor")
         recorded = victim_fingerprint(victim)
@@ -218,18 +219,14 @@ class PVMonitor(Detector):
         self.check_backbone(victim_fingerprint(self.victim_), what="the victim")
 
     def pooled(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The victim's logits and pooled vectors (the monitored output) for ``texts``."""
-        from peftshield.models.inference import predict_outputs
-
+        """The victim's logits and the vectors its head reads (the monitored output) for ``texts``."""
         victim = self.victim_
-        logits, pooled = predict_outputs(
-            victim.model,
-            victim.tokenizer,
-            texts,
-            batch_size=int(self.batch_size),
-            max_length=self._max_length(),
-            return_pooled=True,
-        )
+        if self.max_length is not None and int(self.max_length) != victim.max_length:
+            import dataclasses
+
+            victim = dataclasses.replace(victim, max_length=int(self.max_length))
+        logits, pooled = victim.outputs(texts, batch_size=int(self.batch_size), head_input=True)
+        assert pooled is not None
         return logits, pooled
 
     def match(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -301,7 +298,7 @@ class PVMonitor(Detector):
         if monitor.pvs_.shape[0] != record.get("fitted", {}).get("n_pvs_", monitor.pvs_.shape[0]):
             raise PeftshieldError(f"{folder} is inconsistent: detector.json and {PV_STATE_FILE} disagree")
         loaded = monitor._load_victim(victim)
-        hidden = int(loaded.model.config.hidden_size)
+        hidden = loaded.hidden_size
         if monitor.pvs_.shape[1] != hidden:
             raise PeftshieldError(
                 f"the monitor's PVs have width {monitor.pvs_.shape[1]} but the victim's output has "
