@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from peftshield.errors import PeftshieldError
-from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES
+from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES, candidate_poolings
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -182,7 +182,7 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
 
     The pooling is, in order: the explicit argument, the ``peftshield_pooling`` entry of the
     folder's ``config.json`` (written by our attacks and full fine-tuning), the registry default,
-    and ``cls``.
+    and the architecture's first candidate (``cls`` for an encoder, ``last`` for a decoder).
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -195,7 +195,9 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise PeftshieldError(f"cannot load backbone {ref!r}: {_first_line(err)}") from None
-    chosen = pooling or getattr(encoder.config, CONFIG_KEY, None) or default_pooling or "cls"
+    # Without a recorded pooling: the architecture's first candidate (cls for encoders, last for decoders).
+    recorded = getattr(encoder.config, CONFIG_KEY, None)
+    chosen = pooling or recorded or default_pooling or candidate_poolings(encoder)[0]
     if chosen not in POOLING_CHOICES:
         raise PeftshieldError(f"unknown pooling {chosen!r}; choose one of {', '.join(POOLING_CHOICES)}")
     if chosen == "pooler" and getattr(encoder, "pooler", None) is None:
