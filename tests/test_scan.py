@@ -282,6 +282,16 @@ def test_sarif_report_has_the_required_fields(cls_backdoored, clean_model, texts
     assert status == 0 and json.loads(stdout)["runs"][0]["results"] == []
 
 
+def test_sarif_location_is_relative_for_a_relative_model_path(
+    cls_backdoored, texts_csv, thresholds_file, monkeypatch
+):
+    monkeypatch.chdir(Path(cls_backdoored).parent)
+    status, stdout, _ = cli(scan_cmd("model", texts_csv, thresholds_file, "--format", "sarif"))
+    result = json.loads(stdout)["runs"][0]["results"][0]
+    assert status == 1
+    assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "model/model.safetensors"
+
+
 def test_pooling_narrows_the_scan_and_pvs_are_saved_per_vector(
     cls_backdoored, texts_csv, thresholds_file, tmp_path
 ):

@@ -232,6 +232,9 @@ def render(document: dict, fmt: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Scan, report the verdict (text, JSON or SARIF), optionally save PVs and the log; exit 0 / 1."""
+    import os
+    from pathlib import Path
+
     from peftshield.commands.common import parse_overrides
     from peftshield.defenses.lmsanitator.mining import MiningConfig
     from peftshield.defenses.lmsanitator.scan import scan
@@ -266,6 +269,9 @@ def run(args: argparse.Namespace) -> int:
     texts = _load_texts(args.texts, args.text_column)
     backbone = load_backbone(ref)
     source["weights"] = weights_file(backbone.location)
+    if source["weights"] and Path(ref).exists() and not Path(ref).is_absolute():
+        # A model named by a relative path is reported relative too (SARIF locations in a repository).
+        source["weights"] = os.path.relpath(source["weights"])
     machine = fmt != "text" and not args.out
 
     def report(record) -> None:
@@ -299,8 +305,6 @@ def run(args: argparse.Namespace) -> int:
     document = {**result.to_dict(traces=False), "pvs_out": args.pvs_out, "command": command}
     text = render(document, fmt)
     if args.out:
-        from pathlib import Path
-
         target = Path(args.out)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_texts({target: text})
