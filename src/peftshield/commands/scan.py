@@ -1,9 +1,4 @@
-"""``peftshield scan``: is this pretrained backbone backdoored? (LMSanitator PV mining and filtering).
-
-Scanner conventions (docs/design.md, "Conventions of the tools people already use"): exit status 0
-when no backdoor is found, 1 when one is, 2 on an error; ``--format text|json|sarif`` (the JSON
-schema and the SARIF mapping are in docs/scan-format.md); ``--out FILE`` written atomically.
-"""
+"""peftshield scan: is this pretrained backbone backdoored? (LMSanitator PV mining and filtering)."""
 
 from __future__ import annotations
 
@@ -13,6 +8,8 @@ import sys
 from peftshield.commands.common import add_runtime_args
 from peftshield.models.pooling import POOLING_CHOICES
 
+# Scanner conventions (docs/design.md, "Conventions of the tools people already use"; docs/scan-format.md):
+# exit 0 = no backdoor found, 1 = backdoor found, 2 = error; --format text|json|sarif; --out FILE atomic.
 FORMATS = ("text", "json", "sarif")
 #: Exit statuses of the scanner conventions (0 and 1 here; 2 is the CLI's error path).
 EXIT_CLEAN, EXIT_BACKDOORED = 0, 1
