@@ -1,4 +1,4 @@
-"""The optional mpnet backbone (issue 11): joined from its split-zip PyPI packages, loaded, embeds a sentence."""
+"""The optional mpnet backbone (issue 11): joined from its split-zip packages, loaded, embeds a sentence."""
 
 from __future__ import annotations
 
