@@ -348,3 +348,8 @@ def test_scanning_an_adapter_folder_scans_its_base(
     doc = json.loads(stdout)
     assert status == 1 and doc["input"]["base"] == cls_backdoored and doc["input"]["adapter"] == str(folder)
     assert doc["input"]["weights"] == str(Path(cls_backdoored).resolve() / "model.safetensors")
+    # The library does the same.
+    result = scan(str(folder), mining_texts(), config=CONFIG, thresholds=THRESHOLDS, attempts=1)
+    assert result.input["kind"] == "adapter" and result.model == clean_model and result.verdict == "clean"
+    with pytest.raises(PeftshieldError, match="--base is for a peft adapter folder"):
+        scan(clean_model, mining_texts(), base=cls_backdoored)

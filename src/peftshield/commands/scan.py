@@ -154,19 +154,6 @@ def _thresholds(path: str | None):
     return FilterThresholds.from_dict(data)
 
 
-def _target(args: argparse.Namespace) -> tuple[str, dict]:
-    """The backbone reference to scan and the report's ``input`` block (an adapter's base, or as given)."""
-    from peftshield.errors import PeftshieldError
-    from peftshield.models.adapter_config import is_adapter_folder, read_adapter_config
-
-    if is_adapter_folder(args.model):
-        info = read_adapter_config(args.model, base=args.base)
-        return info.base, {"path": args.model, "kind": "adapter", "adapter": args.model, "base": info.base}
-    if args.base:
-        raise PeftshieldError(f"--base is for a peft adapter folder; {args.model} has no adapter_config.json")
-    return args.model, {"path": args.model, "kind": "backbone"}
-
-
 def weights_file(location: str) -> str | None:
     """The weights file of a model folder (``model.safetensors``, its shard index, or the first shard)."""
     from pathlib import Path
@@ -234,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
 
     from peftshield.commands.common import parse_overrides
     from peftshield.defenses.lmsanitator.mining import MiningConfig
-    from peftshield.defenses.lmsanitator.scan import scan
+    from peftshield.defenses.lmsanitator.scan import scan, scan_target
     from peftshield.errors import PeftshieldError
     from peftshield.models.backbones import load_backbone
     from peftshield.reporting.build import write_texts
@@ -262,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         _check_report_file(args.out, args.overwrite)
     if args.pvs_out:
         check_output_dir(args.pvs_out, overwrite=args.overwrite)
-    ref, source = _target(args)
+    ref, source = scan_target(args.model, args.base)
     texts = _load_texts(args.texts, args.text_column)
     backbone = load_backbone(ref)
     source["weights"] = weights_file(backbone.location)

@@ -300,6 +300,23 @@ def scan_poolings(backbone: LoadedBackbone, pooling: str | Sequence[str] | None 
     return names
 
 
+def scan_target(model: str, base: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The backbone reference to scan for ``model``, and the report's ``input`` block.
+
+    A peft adapter folder (``adapter_config.json``) stands for its base model, the suspect
+    pretrained weights (``base`` overrides its ``base_model_name_or_path``); anything else is
+    scanned as given, and ``base`` is then an error.
+    """
+    from peftshield.models.adapter_config import is_adapter_folder, read_adapter_config
+
+    if is_adapter_folder(model):
+        info = read_adapter_config(model, base=base)
+        return info.base, {"path": model, "kind": "adapter", "adapter": model, "base": info.base}
+    if base:
+        raise PeftshieldError(f"--base is for a peft adapter folder; {model} has no adapter_config.json")
+    return model, {"path": model, "kind": "backbone"}
+
+
 def _utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
@@ -314,6 +331,7 @@ def scan(
     max_total_steps: int | None = DEFAULT_MAX_TOTAL_STEPS,
     stop_at_first: bool = True,
     pooling: str | Sequence[str] | None = None,
+    base: str | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool | None = None,
@@ -322,7 +340,8 @@ def scan(
     """Scan a backbone for task-agnostic backdoors: mine PVs on every output vector, filter, give a verdict.
 
     ``model`` is a backbone reference for :func:`~peftshield.models.backbones.load_backbone` (or a
-    loaded one); ``texts`` a corpus name / file or a list of clean texts. ``pooling`` narrows the
+    loaded one), or a peft adapter folder, which stands for its base model (``base`` overrides it,
+    :func:`scan_target`); ``texts`` a corpus name / file or a list of clean texts. ``pooling`` narrows the
     scan to one vector or a few (default: every candidate vector, :func:`scan_poolings`).
     ``attempts`` bounds the fuzzing attempts of each vector, ``max_total_steps`` the optimisation
     steps of the whole scan (``None``: no step bound); the scan stops at the first PV on any
@@ -338,7 +357,12 @@ def scan(
         require_positive("", "max_total_steps", max_total_steps, integer=True)
     config = config or MiningConfig()
     thresholds = thresholds or FilterThresholds()
-    backbone = model if isinstance(model, LoadedBackbone) else load_backbone(model)
+    given: dict[str, Any] = {}
+    if isinstance(model, LoadedBackbone):
+        backbone = model
+    else:
+        ref, given = scan_target(model, base)
+        backbone = load_backbone(ref)
     poolings = scan_poolings(backbone, pooling)
     text_list = mining_texts(texts)
     started = _utc_now()
@@ -466,7 +490,7 @@ def scan(
         seed=seed,
         started=started,
         texts=str(source),
-        input={"location": backbone.location},
+        input={**given, "location": backbone.location},
     )
 
 
