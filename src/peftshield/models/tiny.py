@@ -114,8 +114,14 @@ def build_tiny_bert(
     num_layers: int = 2,
     num_heads: int = 2,
     pooling: str = "cls",
+    initializer_range: float = 0.02,
 ) -> Path:
-    """Write a randomly initialised tiny BERT with its tokenizer to ``folder`` and return it."""
+    """Write a randomly initialised tiny BERT with its tokenizer to ``folder`` and return it.
+
+    At the default ``initializer_range`` (BERT's 0.02) attention is nearly uniform and the [CLS]
+    state hardly depends on the text (per-unit spread across texts about 0.003); 0.3 gives [CLS]
+    and pooler vectors that vary with the text like a trained model's (spread about 0.5).
+    """
     import torch
     from transformers import BertConfig, BertModel
 
@@ -131,6 +137,7 @@ def build_tiny_bert(
         num_attention_heads=num_heads,
         intermediate_size=hidden_size * 4,
         max_position_embeddings=64,
+        initializer_range=initializer_range,
     )
     setattr(config, CONFIG_KEY, pooling)
     torch.manual_seed(seed)

@@ -28,9 +28,13 @@ Where this implementation differs from the reference code, and why:
   gradients exceed 5e-3 from the first step, so the rule (kept as in the reference) rarely fires
   and the base rate must move the trigger across the embedding range (per-dimension spread about
   0.05 on ``minilm``) within tens of steps.
-* **The monitored vector** is the backbone's pooled representation (``cls`` | ``pooler`` | ``mean``,
-  see :mod:`peftshield.models.pooling`), not always the [CLS] state: it is the vector the victim's
-  head reads and the vector a task-agnostic attack must target.
+* **The monitored vectors** are the backbone's pooled representations (``cls`` | ``pooler`` |
+  ``mean`` | ``last``, see :mod:`peftshield.models.pooling`), not always the [CLS] state: the vector
+  a victim's head reads is the one a task-agnostic attack must target, and a scan that does not
+  know the victim watches every candidate (issue 11). One miner serves several vectors: the clean
+  outputs and every verification pass are computed once for all of them, each attempt optimises
+  the trigger for one target vector, and the same forward pass is read on the other vectors too, so
+  a trigger that collapses another vector than its target is verified and kept as that vector's PV.
 * **Initial triggers** are rows of the word-embedding matrix drawn at random (special tokens
   excluded) by a generator seeded with ``(seed, attempt)``; the reference takes rows
   ``(seed * k * 10 + i * 10) mod |V|``, which on BERT vocabularies are mostly ``[unusedN]`` rows.
@@ -59,7 +63,7 @@ import torch
 from torch import nn
 
 from peftshield.errors import PeftshieldError
-from peftshield.models.pooling import pool
+from peftshield.models.pooling import POOLING_CHOICES, pool
 from peftshield.utils import strict
 from peftshield.utils.validate import require_finite_fields, require_positive, require_range
 
@@ -278,7 +282,14 @@ def prepare_texts(
 
 @dataclass
 class AttemptRecord:
-    """What one mining attempt did (one row of the scan's per-attempt log)."""
+    """What one mining attempt did (one row of the scan's per-attempt log).
+
+    ``pooling`` is the vector the trigger was optimised for; ``distance`` … ``max_abs_trigger``
+    describe its final candidate on that vector. ``vectors`` holds the final candidate's measures
+    on every vector the miner watches (``distance``, ``gap``, ``overlap``, ``in_range``, ``pv``) and
+    ``pv_on`` the vectors on which the attempt produced a PV (its target, or another vector whose
+    output its trigger collapsed).
+    """
 
     attempt: int
     outcome: str  # "pv" | "duplicate" | "rejected" | "abandoned" | "budget"
@@ -294,22 +305,31 @@ class AttemptRecord:
     boosted_steps: int = 0
     reasons: list[str] = field(default_factory=list)
     trace: list[dict[str, float]] = field(default_factory=list)
+    pooling: str = ""
+    pv_on: list[str] = field(default_factory=list)
+    vectors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (floats rounded for the log)."""
         out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, float):
-                out[key] = round(value, 6) if math.isfinite(value) else None
+        for row in (out, *out["vectors"].values()):
+            for key, value in row.items():
+                if isinstance(value, float):
+                    row[key] = round(value, 6) if math.isfinite(value) else None
         return out
 
 
 @dataclass
 class AttemptResult:
-    """An attempt's log record and, when it produced one, its best candidate."""
+    """An attempt's log record, its final (or accepted) candidate on its target vector, and on every vector.
+
+    ``candidates`` maps each watched vector to the candidate the attempt's trigger gives there
+    (all from one verification pass); ``record.pv_on`` names those that passed the filter.
+    """
 
     record: AttemptRecord
     candidate: Candidate | None
+    candidates: dict[str, Candidate] = field(default_factory=dict)
 
 
 class PVMiner:
@@ -318,6 +338,11 @@ class PVMiner:
     Construction tokenises the texts, computes the clean pooled outputs and their
     :class:`~.measures.OutputScale`, and reads the embedding range; :meth:`attempt` runs one
     fuzzing attempt. :func:`~peftshield.defenses.lmsanitator.scan.scan` drives the attempts.
+
+    ``pooling`` is one vector name or a sequence of them (the first is the default target): with
+    several, the clean outputs and scales are computed for all of them in one pass
+    (``clean_by`` / ``scale_by``; ``clean`` / ``scale`` are the first vector's) and every attempt
+    watches them all (see the module docstring).
 
     ``encoder`` is the backbone (its parameters are never changed; they are set to
     ``requires_grad=False`` while the miner runs and restored afterwards by :meth:`close`).
@@ -328,7 +353,7 @@ class PVMiner:
         self,
         encoder: nn.Module,
         tokenizer,
-        pooling: str,
+        pooling: str | Sequence[str],
         texts: Sequence[str],
         config: MiningConfig | None = None,
         thresholds: FilterThresholds | None = None,
@@ -341,8 +366,16 @@ class PVMiner:
         self.device = torch.device(device)
         self.seed = seed
         self.encoder = encoder
-        self.pooling = pooling
+        names = (pooling,) if isinstance(pooling, str) else tuple(dict.fromkeys(pooling))
+        if not names or any(name not in POOLING_CHOICES for name in names):
+            raise PeftshieldError(
+                f"unknown pooling in {list(names)!r}; choose from {', '.join(POOLING_CHOICES)}"
+            )
+        self.poolings: tuple[str, ...] = names
+        self.pooling = names[0]
         self.pooler = getattr(encoder, "pooler", None)
+        if "pooler" in names and self.pooler is None:
+            raise PeftshieldError("this model has no pooler layer; mine cls, mean or last instead")
         self.embedding = word_embeddings(encoder)
         cfg = self.config
         needed = cfg.batch_size + cfg.n_verify
@@ -374,30 +407,37 @@ class PVMiner:
         self.prepared = prepared
         self.verify_idx = np.arange(cfg.n_verify)
         self.train_idx = np.arange(cfg.n_verify, len(prepared))
-        self.clean = self._clean_outputs(prepared)
-        self.scale = OutputScale.from_outputs(self.clean[self.train_idx], floor=cfg.scale_floor)
+        self.clean_by = self._clean_outputs(prepared)
+        self.scale_by: dict[str, OutputScale] = {}
+        for name, clean in self.clean_by.items():
+            if not torch.isfinite(clean).all():
+                raise PeftshieldError(f"the model's clean {name} outputs are not finite; it cannot be mined")
+            try:
+                self.scale_by[name] = OutputScale.from_outputs(clean[self.train_idx], floor=cfg.scale_floor)
+            except ValueError:
+                raise PeftshieldError(
+                    f"the {name} vector of this model is the same for every text; scan another vector"
+                ) from None
+        self.clean, self.scale = self.clean_by[self.pooling], self.scale_by[self.pooling]
         self.hidden = int(self.clean.shape[1])
 
     # ------------------------------------------------------------------ forward passes
 
-    def _pooled(
-        self, ids: torch.Tensor, mask: torch.Tensor, embeds: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if embeds is None:
-            out = self.encoder(input_ids=ids, attention_mask=mask)
-        else:
-            out = self.encoder(inputs_embeds=embeds, attention_mask=mask)
-        return pool(out.last_hidden_state, mask, self.pooling, pooler=self.pooler)
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+        return pool(hidden, mask, pooling, pooler=self.pooler).float()
 
     @torch.no_grad()
-    def _clean_outputs(self, prepared: PreparedTexts) -> torch.Tensor:
-        outs = []
+    def _clean_outputs(self, prepared: PreparedTexts) -> dict[str, torch.Tensor]:
+        # One forward pass per batch serves every watched vector.
+        outs: dict[str, list[torch.Tensor]] = {name: [] for name in self.poolings}
         for start in range(0, len(prepared), 64):
             ids, mask = self._trim(
                 prepared.clean_ids[start : start + 64], prepared.clean_mask[start : start + 64]
             )
-            outs.append(self._pooled(ids, mask).float())
-        return torch.cat(outs)
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            for name in self.poolings:
+                outs[name].append(self._pool(hidden, mask, name))
+        return {name: torch.cat(chunks) for name, chunks in outs.items()}
 
     def _trim(self, ids: torch.Tensor, mask: torch.Tensor, *rest: torch.Tensor):
         # Cut the padding columns no text of this batch needs (batches are padded to the longest text).
@@ -405,8 +445,8 @@ class PVMiner:
         cut = [t[:, :width].to(self.device) for t in (ids, mask, *rest)]
         return tuple(cut)
 
-    def triggered_outputs(self, trigger: torch.Tensor, index: np.ndarray) -> torch.Tensor:
-        """Pooled outputs of texts ``index`` with ``trigger`` ``(n_slots, hidden)`` in their slots."""
+    def triggered_states(self, trigger: torch.Tensor, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last hidden states of texts ``index`` with ``trigger`` in their slots, and the pooling mask."""
         p = self.prepared
         ids, mask, slot = self._trim(p.ids[index], p.mask[index], p.slot[index])
         with torch.no_grad():
@@ -416,7 +456,24 @@ class PVMiner:
         out = self.encoder(inputs_embeds=embeds, attention_mask=mask)
         # pool_slots=False leaves the trigger's own token states out of a mean (see MiningConfig).
         pool_mask = mask if self.config.pool_slots else mask * (slot < 0)
-        return pool(out.last_hidden_state, pool_mask, self.pooling, pooler=self.pooler).float()
+        return out.last_hidden_state, pool_mask
+
+    def triggered_outputs(
+        self, trigger: torch.Tensor, index: np.ndarray, pooling: str | None = None
+    ) -> torch.Tensor:
+        """Pooled outputs of texts ``index`` with ``trigger`` ``(n_slots, hidden)`` in their slots.
+
+        ``pooling`` names the vector (default: the first watched one).
+        """
+        hidden, pool_mask = self.triggered_states(trigger, index)
+        return self._pool(hidden, pool_mask, self._target(pooling))
+
+    def _target(self, pooling: str | None) -> str:
+        if pooling is None:
+            return self.pooling
+        if pooling not in self.poolings:
+            raise PeftshieldError(f"this miner watches {', '.join(self.poolings)}, not {pooling!r}")
+        return pooling
 
     # ------------------------------------------------------------------ one attempt
 
@@ -432,17 +489,43 @@ class PVMiner:
         return bool(((trigger >= self.lo) & (trigger <= self.hi)).all())
 
     @torch.no_grad()
-    def evaluate(self, trigger: torch.Tensor, found: Sequence[torch.Tensor] = ()) -> Candidate:
-        """Measure a trigger on the held-out verification texts and build its candidate PV."""
-        outputs = self.triggered_outputs(trigger, self.verify_idx)
-        z = self.scale.normalise(outputs)
+    def evaluate(
+        self, trigger: torch.Tensor, found: Sequence[torch.Tensor] = (), pooling: str | None = None
+    ) -> Candidate:
+        """Measure a trigger on the held-out verification texts and build its candidate PV (one vector)."""
+        target = self._target(pooling)
+        return self.evaluate_all(trigger, {target: list(found)}, only=(target,))[target]
+
+    @torch.no_grad()
+    def evaluate_all(
+        self,
+        trigger: torch.Tensor,
+        found_by: dict[str, Sequence[torch.Tensor]] | None = None,
+        only: Sequence[str] | None = None,
+    ) -> dict[str, Candidate]:
+        """Candidates of ``trigger`` on every watched vector (or ``only`` these), from one verification pass.
+
+        ``found_by`` maps a vector to the PVs already kept for it (its candidate's ``overlap``).
+        """
+        found_by = found_by or {}
+        hidden, pool_mask = self.triggered_states(trigger, self.verify_idx)
+        return {
+            name: self._candidate(name, trigger, self._pool(hidden, pool_mask, name), found_by.get(name, ()))
+            for name in (only or self.poolings)
+        }
+
+    def _candidate(
+        self, pooling: str, trigger: torch.Tensor, outputs: torch.Tensor, found: Sequence[torch.Tensor]
+    ) -> Candidate:
+        scale = self.scale_by[pooling]
+        z = scale.normalise(outputs)
         pv = outputs.mean(0)
         overlap = float(sign_agreement(pv, torch.stack(list(found)).to(pv.device)).max()) if found else 0.0
         entropy = float(batch_entropy(z))
         return Candidate(
             pv=pv.cpu(),
             trigger=trigger.detach().cpu().clone(),
-            distance=float(normalised_mse(outputs, self.clean[self.verify_idx], self.scale)),
+            distance=float(normalised_mse(outputs, self.clean_by[pooling][self.verify_idx], scale)),
             entropy=entropy,
             gap=math.log(z.shape[0]) - entropy,
             spread=float(relative_spread(z)),
@@ -456,11 +539,19 @@ class PVMiner:
         attempt: int,
         found: Sequence[torch.Tensor] = (),
         *,
+        target: str | None = None,
+        found_by: dict[str, Sequence[torch.Tensor]] | None = None,
         max_steps: int | None = None,
         accept_early: bool = True,
         on_step: Callable[[], None] | None = None,
     ) -> AttemptResult:
         """Run one fuzzing attempt; return its record and its last (or accepted) candidate.
+
+        The trigger is optimised for vector ``target`` (default: the first watched one); ``found``
+        are the PVs already kept for it, ``found_by`` those of every vector (``found`` wins for the
+        target). With several watched vectors, each check step also reads the step's forward pass
+        on the other vectors, and the attempt is accepted (outcome ``pv``) as soon as its trigger is
+        a PV on any of them; ``record.pv_on`` names them.
 
         Loss (each term in clean-spread units, see module docstring):
         ``- distance_coeff * log(1 + D) - diversity_coeff * H - repetition_coeff * log(1 + R)``
@@ -475,31 +566,39 @@ class PVMiner:
         ``accept_early=False`` the attempt always runs to its last step (calibration).
         """
         cfg, th = self.config, self.thresholds
+        target = self._target(target)
+        found_by = {name: list(pvs) for name, pvs in (found_by or {}).items()}
+        if found or target not in found_by:
+            found_by[target] = list(found)
+        found = found_by[target]
+        scale, clean = self.scale_by[target], self.clean_by[target]
+        others = [name for name in self.poolings if name != target]
         steps = min(cfg.steps, max_steps if max_steps is not None else cfg.steps)
         start = time.perf_counter()
         trigger, rows = self.initial_trigger(attempt)
         trigger.requires_grad_(True)
         optimizer = torch.optim.Adam([trigger], lr=cfg.lr)
-        found_z = (
-            torch.stack([self.scale.normalise(f.to(self.device).float()) for f in found]) if found else None
-        )
+        found_z = torch.stack([scale.normalise(f.to(self.device).float()) for f in found]) if found else None
         rng = np.random.default_rng([self.seed, attempt, 1])
         order = rng.permutation(self.train_idx)
         cursor = 0
         converged = False
         boosted_steps = 0
         best_distance, best_gap = -math.inf, math.inf
-        record = AttemptRecord(attempt=attempt, outcome="", steps=0, seconds=0.0, init_rows=rows)
-        candidate: Candidate | None = None
+        record = AttemptRecord(
+            attempt=attempt, outcome="", steps=0, seconds=0.0, init_rows=rows, pooling=target
+        )
+        candidates: dict[str, Candidate] | None = None
         checked_at = 0
         for step in range(1, steps + 1):
             if cursor + cfg.batch_size > len(order):
                 order, cursor = rng.permutation(self.train_idx), 0
             index = order[cursor : cursor + cfg.batch_size]
             cursor += cfg.batch_size
-            outputs = self.triggered_outputs(trigger, index)
-            z = self.scale.normalise(outputs)
-            distance = normalised_mse(outputs, self.clean[index], self.scale)
+            states, pool_mask = self.triggered_states(trigger, index)
+            outputs = self._pool(states, pool_mask, target)
+            z = scale.normalise(outputs)
+            distance = normalised_mse(outputs, clean[index], scale)
             entropy = batch_entropy(z)
             # log(1 + D): far enough is far enough - see the module docstring.
             loss = -cfg.distance_coeff * torch.log1p(distance) - cfg.diversity_coeff * entropy
@@ -530,11 +629,16 @@ class PVMiner:
             record.trace.append({"step": step, "distance": round(dist, 4), "gap": round(gap, 5), "lr": lr})
             if not accept_early:
                 continue
-            # Cheap pre-check on the training batch before paying for the verification pass.
-            if step % cfg.check_every == 0 and dist >= th.min_distance and gap <= 2 * th.max_gap:
-                candidate, checked_at = self.evaluate(trigger.detach(), found), step
+            # Cheap pre-check on the training batch before paying for the verification pass; the
+            # other watched vectors are read from the same forward pass.
+            if step % cfg.check_every == 0 and (
+                (dist >= th.min_distance and gap <= 2 * th.max_gap)
+                or any(self._near_pv(states.detach(), pool_mask, name, index) for name in others)
+            ):
+                candidates, checked_at = self.evaluate_all(trigger.detach(), found_by), step
+                candidate = candidates[target]
                 reasons = candidate_reasons(candidate, th)
-                if not reasons:
+                if any(not candidate_reasons(c, th) for c in candidates.values()):
                     record.outcome = "pv"
                     break
                 if candidate.overlap > th.max_overlap and len(reasons) == 1:
@@ -549,14 +653,27 @@ class PVMiner:
                 # PV in sight" = not yet far, or not within patience_gap_factor of collapsing.
                 record.outcome = "abandoned"
                 break
-        if checked_at != record.steps or candidate is None:
-            candidate = self.evaluate(trigger.detach(), found)
+        if checked_at != record.steps or candidates is None:
+            candidates = self.evaluate_all(trigger.detach(), found_by)
+        candidate = candidates[target]
         reasons = candidate_reasons(candidate, th)
+        passed = [name for name, c in candidates.items() if not candidate_reasons(c, th)]
         if not record.outcome:
-            if accept_early and not reasons:
+            if accept_early and passed:
                 record.outcome = "pv"
             else:
                 record.outcome = "budget" if steps < cfg.steps else "rejected"
+        record.pv_on = passed if record.outcome == "pv" else []
+        record.vectors = {
+            name: {
+                "distance": c.distance,
+                "gap": c.gap,
+                "overlap": c.overlap,
+                "in_range": c.in_range,
+                "pv": name in record.pv_on,
+            }
+            for name, c in candidates.items()
+        }
         record.reasons = reasons
         record.distance = candidate.distance
         record.gap = candidate.gap
@@ -566,7 +683,18 @@ class PVMiner:
         record.max_abs_trigger = candidate.max_abs_trigger
         record.boosted_steps = boosted_steps
         record.seconds = time.perf_counter() - start
-        return AttemptResult(record=record, candidate=candidate)
+        return AttemptResult(record=record, candidate=candidate, candidates=candidates)
+
+    def _near_pv(
+        self, states: torch.Tensor, pool_mask: torch.Tensor, pooling: str, index: np.ndarray
+    ) -> bool:
+        """The pre-check of :meth:`attempt` for a watched vector other than the target (no gradient)."""
+        th, scale = self.thresholds, self.scale_by[pooling]
+        with torch.no_grad():
+            outputs = self._pool(states, pool_mask, pooling)
+            dist = float(normalised_mse(outputs, self.clean_by[pooling][index], scale))
+            gap = math.log(outputs.shape[0]) - float(batch_entropy(scale.normalise(outputs)))
+        return dist >= th.min_distance and gap <= 2 * th.max_gap
 
     def close(self) -> None:
         """Restore the encoder's ``requires_grad`` flags and training mode."""
