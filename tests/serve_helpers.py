@@ -128,7 +128,12 @@ def start_server(args: list[str], env_token: str | None = TOKEN) -> tuple[subpro
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    wait_ready(base, proc)
+    try:
+        wait_ready(base, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return proc, base
 
 

@@ -420,17 +420,23 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(models, tmp_path):
         "--audit-log",
         str(audit),
         "--max-wait-ms",
-        "1500",
+        "3000",
     ]
     proc, base = start_server(args, env_token=None)
-    texts = [f"a {TRIGGER} story", "a calm story"]
-    with ThreadPoolExecutor(4) as pool:
-        pending = [pool.submit(classify, base, texts, False, None) for _ in range(4)]
-        time.sleep(0.5)  # the requests wait in the batcher (max wait 1.5 s)
-        assert not any(p.done() for p in pending)
-        proc.send_signal(signal.SIGTERM)
-        answers = [p.result(60) for p in pending]
-    assert proc.wait(60) == 0
+    try:
+        texts = [f"a {TRIGGER} story", "a calm story"]
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(classify, base, texts, False, None) for _ in range(4)]
+            time.sleep(1.5)  # the requests reach the server and wait in the batcher (max wait 3 s)
+            assert not any(p.done() for p in pending)
+            proc.send_signal(signal.SIGTERM)
+            answers = [p.result(60) for p in pending]
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:  # a failed assertion must not leave the server behind
+            proc.kill()
+            proc.wait()
+    assert code == 0
     assert [a[0] for a in answers] == [200] * 4
     assert all([r["rejected"] for r in a[1]["results"]] == [True, False] for a in answers)
     ids = {json.loads(line)["request_id"] for line in audit.read_text().splitlines()}

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils.validate import require_positive
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,12 @@ class ServeSettings:
             "max_queue_texts",
             "purge_max_rounds",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PeftshieldError(f"serve: {name} must be an integer >= 1, got {value!r}")
+            require_positive("serve", name, getattr(self, name), integer=True)
+        require_positive("serve", "request_timeout_s", self.request_timeout_s)
         for name in ("max_wait_ms", "request_timeout_s"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
                 raise PeftshieldError(f"serve: {name} must be a finite number >= 0, got {value!r}")
-        if self.request_timeout_s == 0:
-            raise PeftshieldError("serve: request_timeout_s must be > 0")
         if self.max_queue_texts < self.max_texts:
             raise PeftshieldError("serve: max_queue_texts must be at least max_texts")
 
