@@ -151,9 +151,10 @@ def stop_server(proc: subprocess.Popen, timeout: float = 30) -> int:
 class ThreadServer:
     """uvicorn serving an app in a thread of the test process (for the tests that patch the service)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, *, wait_ready: bool = True) -> None:
         import uvicorn
 
+        self.wait_ready = wait_ready
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
@@ -168,6 +169,8 @@ class ThreadServer:
             if time.monotonic() > deadline:
                 raise AssertionError("thread server did not start")
             time.sleep(0.02)
+        if self.wait_ready:
+            wait_ready(self.base)  # the warm-up batch runs in the background after start-up
         return self
 
     def __exit__(self, *exc) -> None:

@@ -312,7 +312,7 @@ def test_readiness_waits_for_warm_up_and_healthz_answers_during_a_batch(models, 
         return real_classify(jobs)
 
     service.warm_up, service.classify = slow_warm_up, slow_classify
-    with ThreadServer(create_app(service)) as srv:
+    with ThreadServer(create_app(service), wait_ready=False) as srv:
         assert request(srv.base + "/healthz", token=None)[0] == 200
         status, body, _ = request(srv.base + "/readyz", token=None)
         assert status == 503 and body["error"]["code"] == "not_ready"
