@@ -28,6 +28,7 @@ _COMMANDS = (
     "report",
     "bench",
     "baseline",
+    "serve",
 )
 
 DESCRIPTION = """Defend parameter-efficient fine-tuning against weight-poisoning backdoors.

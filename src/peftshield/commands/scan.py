@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     from peftshield.defenses.lmsanitator.scan import scan, scan_target
     from peftshield.errors import PeftshieldError
     from peftshield.models.backbones import load_backbone
-    from peftshield.reporting.build import write_texts
+    from peftshield.utils.io import write_text
     from peftshield.utils.device import resolve_device
     from peftshield.utils.io import check_output_dir
 
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         target = Path(args.out)
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_texts({target: text})
+        write_text(target, text)
     else:
         sys.stdout.write(text)
     return EXIT_BACKDOORED if result.backdoored else EXIT_CLEAN
