@@ -458,7 +458,7 @@ def test_cli_refuses_bad_setups_before_loading(models, tmp_path, capsys, monkeyp
         ([*base, "--max-wait-ms", "nan"], "max_wait_ms"),
         (
             ["serve", "--victim", str(tmp_path), "--detector", models["monitor"], "--no-audit-log"],
-            "not a tuned",
+            "not a victim",
         ),
         ([*base[:-1], "--audit-log", str(tmp_path / "no" / "a.jsonl")], "audit log folder not found"),
     ]

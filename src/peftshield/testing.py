@@ -139,7 +139,11 @@ def check_detector(
     # 3. fit returns self and sets the fitted attributes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        returned = first.fit(clean_texts, **fit_kwargs)
+        try:
+            returned = first.fit(clean_texts, **fit_kwargs)
+        except PeftshieldError as err:  # the base class refuses non-finite clean scores at fit
+            _require("NaN or infinite" not in str(err), "scores are finite", str(err))
+            raise
     _require(returned is first, "fit returns self")
     _require(first.is_fitted(), "fit sets threshold_")
     threshold = first.threshold_

@@ -229,9 +229,8 @@ def run(args: argparse.Namespace) -> int:
     from peftshield.defenses.lmsanitator.scan import scan, scan_target
     from peftshield.errors import PeftshieldError
     from peftshield.models.backbones import load_backbone
-    from peftshield.utils.io import write_text
     from peftshield.utils.device import resolve_device
-    from peftshield.utils.io import check_output_dir
+    from peftshield.utils.io import check_output_dir, write_text
 
     fmt = args.format or ("json" if args.json else "text")
     if args.json and args.format not in (None, "json"):

@@ -77,10 +77,9 @@ class GuardService:
             guard = Guard.from_folders(victim, list(detectors), device=device, batch_size=batch_size)
             loaded = guard.victim
         else:
-            from peftshield.tuning.trainer import load_tuned
-            from peftshield.utils.device import resolve_device
+            from peftshield.defenses.victim import load_victim
 
-            guard, loaded = None, load_tuned(victim, device=resolve_device(device))
+            guard, loaded = None, load_victim(victim, device=device)
         return cls(
             guard,
             loaded,
