@@ -5,7 +5,9 @@ shared contract (:mod:`peftshield.defenses.base`): fitted on clean texts, its th
 at a target false-rejection rate, saved as a detector folder that ``peftshield guard predict`` and
 ``guard evaluate`` read with ``--detector``, beside PSIM or the monitor.
 
-Adding a defence is one entry in :data:`BASELINES`: the detector class, and a line of help. The
+The defences offered are the detectors registered in :mod:`peftshield.defenses.base`
+(:func:`~peftshield.defenses.base.registered_detectors`), except those with a command of their
+own (PSIM, the LMSanitator monitor); the help line is the first line of the class docstring. The
 command passes the options the class's constructor takes (``victim``, ``threshold``,
 ``target_frr``, ``seed`` ...) and ``--set KEY=VALUE`` for any other constructor parameter.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +32,24 @@ from peftshield.commands.common import (
 )
 from peftshield.errors import PeftshieldError
 
-
-@dataclass(frozen=True)
-class Baseline:
-    """A defence the command can fit: its detector class (lazy ``module:Class``) and a help line."""
-
-    target: str
-    help: str
-
-    def detector_class(self) -> type:
-        """Import the detector class."""
-        import importlib
-
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+#: Registered detectors fitted by a command of their own, not by ``baseline fit``.
+OWN_COMMANDS = {"psim": "peftshield psim fit", "lmsanitator": "peftshield monitor fit"}
 
 
-#: The defences ``baseline fit --defense`` knows. One entry per defence.
-BASELINES: dict[str, Baseline] = {
-    "strip": Baseline(
-        "peftshield.defenses.strip:STRIPDetector",
-        "STRIP (Gao et al. 2021): low prediction entropy under word swaps = triggered",
-    ),
-    "rap": Baseline(
-        "peftshield.defenses.rap:RAPDetector",
-        "RAP (Yang et al. 2021): a learned word barely lowers a triggered input's probability",
-    ),
-    "onion": Baseline(
-        "peftshield.defenses.onion:ONIONDetector",
-        "ONION (Qi et al. 2021): a word whose removal lowers a causal LM's perplexity (no victim needed)",
-    ),
-}
+def baseline_names() -> list[str]:
+    """The defences ``baseline fit --defense`` offers: every registered detector without its own command."""
+    from peftshield.defenses.base import registered_detectors
+
+    return [name for name in registered_detectors() if name not in OWN_COMMANDS]
+
+
+def baseline_help(name: str) -> str:
+    """The first line of the detector class's docstring (its one-line summary)."""
+    from peftshield.defenses.base import detector_class
+
+    doc = (detector_class(name).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else name
+
 
 EPILOG = """defences:
 {defences}
@@ -94,7 +82,8 @@ def add_parser(subparsers) -> None:
         description=__doc__,
     )
     sub = add_actions(parser, "baseline_command")
-    defences = "\n".join(f"  {name:<8}{spec.help}" for name, spec in BASELINES.items())
+    names = baseline_names()
+    defences = "\n".join(f"  {name:<8}{baseline_help(name)}" for name in names)
     fit = add_command(
         sub,
         "fit",
@@ -102,7 +91,7 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         epilog=EPILOG.format(defences=defences),
     )
-    fit.add_argument("--defense", required=True, choices=sorted(BASELINES), help="which baseline")
+    fit.add_argument("--defense", required=True, choices=sorted(names), help="which baseline")
     fit.add_argument(
         "--victim",
         default=None,
@@ -169,7 +158,9 @@ def run_fit(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise PeftshieldError("--batch-size must be at least 1")
-    cls = BASELINES[args.defense].detector_class()
+    from peftshield.defenses.base import detector_class
+
+    cls = detector_class(args.defense)
     params = detector_params(args, cls)
     detector = cls(**params)
     detector.check_params()  # every option error before any data or model is loaded
