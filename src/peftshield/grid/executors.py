@@ -233,8 +233,7 @@ class RayExecutor(Executor):
     a local one on this machine with ``local_cpus`` CPUs (default: all), or uses the Ray instance
     this process already started. ``cpus_per_task`` CPUs (and torch threads) per task;
     ``gpus_per_task``: the GPU share of a task where the cluster has GPUs (``0.25`` runs four
-    ``minilm`` tasks on one GPU); ``max_retries``: re-runs of a task whose worker died;
-    ``env_vars``: environment variables of every task's worker.
+    ``minilm`` tasks on one GPU); ``max_retries``: re-runs of a task whose worker died.
     """
 
     address: str | None = None
@@ -242,7 +241,6 @@ class RayExecutor(Executor):
     cpus_per_task: float = 1.0
     gpus_per_task: float = 1.0
     max_retries: int = 3
-    env_vars: dict[str, str] | None = None
     name: str = "ray"
 
     def check(self) -> None:
@@ -296,15 +294,12 @@ class RayExecutor(Executor):
 
     def _options(self, kind: str, gpus: bool, title: str) -> dict[str, Any]:
         wants = TASK_RESOURCES[kind]
-        options: dict[str, Any] = {
+        return {
             "num_cpus": max(wants.num_cpus, self.cpus_per_task),
             "num_gpus": self.gpus_per_task if gpus and wants.wants_gpu else 0,
             "max_retries": self.max_retries,
             "name": f"{kind}:{title}"[:200],
         }
-        if self.env_vars:
-            options["runtime_env"] = {"env_vars": dict(self.env_vars)}
-        return options
 
     def run(self, cells: list[Cell], results: Path, device: str, finished: Finished) -> None:
         """Submit the stage graph of ``cells`` (unbuilt artifacts only), then collect rows as cells end."""
