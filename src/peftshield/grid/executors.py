@@ -6,7 +6,7 @@ WHERE: ``run(cells, results, device, finished)`` runs every cell and calls ``fin
 once per cell, in the driver. Both executors share the content-addressed store
 (:class:`~.cache.ArtifactStore`) under ``RESULTS/artifacts``, whose locks keep any artifact from
 being built twice, and every cell writes its own ``cells/<id>.json``, so a killed driver resumes
-from the finished cells whichever executor ran them (docs/design.md "Grid executors").
+from the finished cells whichever executor ran them (bench/README.md "Grid executors and scale").
 
 - :class:`LocalExecutor` (``--executor local``, the default): ``--jobs 1`` runs the cells in this
   process; ``--jobs N`` on N spawned worker processes, each with its share of the cores. Workers

@@ -1,7 +1,7 @@
 """Worker processes that die with their parent, and a driver that stops its workers on SIGTERM.
 
 A grid's worker processes hold hundreds of MB each; when ``bench run`` is killed (``kill -9``,
-SIGTERM, a closed terminal) they must not run on as orphans (docs/design.md "Grid executors").
+SIGTERM, a closed terminal) they must not run on as orphans (bench/README.md "Grid executors and scale").
 Two mechanisms, because neither covers every case alone:
 
 - on Linux, ``prctl(PR_SET_PDEATHSIG)`` asks the kernel to signal the worker the moment the
