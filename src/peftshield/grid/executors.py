@@ -187,6 +187,11 @@ def _worker_setup(threads: int, registry: dict[str, str]) -> None:
     forget_failures()  # a Ray worker serves many tasks; the stage graph carries the failures
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _first_error(deps: tuple[Any, ...]) -> str | None:
     return next((d["error"] for d in deps if isinstance(d, dict) and d.get("error")), None)
 
@@ -286,7 +291,7 @@ class RayExecutor(Executor):
                     log_to_driver=False,
                 )
         except (ConnectionError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = _first_line(err)
             raise PeftshieldError(
                 f"cannot start or reach the Ray cluster {self.address or ''}: {first}"
             ) from None
@@ -307,6 +312,8 @@ class RayExecutor(Executor):
         from peftshield.grid.cache import ArtifactStore
         from peftshield.grid.stages import record_failure
 
+        if not cells:
+            return
         ray = import_ray()
         started_here = self._connect(ray)
         refs: list[Any] = []
@@ -351,7 +358,7 @@ class RayExecutor(Executor):
                     try:
                         row = ray.get(ref)
                     except ray.exceptions.RayError as err:  # retries spent, node lost, out of memory
-                        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                        first = _first_line(err)
                         row = record_failure(
                             cell, results, f"Ray task failed after {self.max_retries} retries: {first}"
                         )
