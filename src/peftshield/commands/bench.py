@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peftshield.commands.common import add_device_arg
+from peftshield.grid.executors import EXECUTORS
 
 EPILOG = """grid file (YAML needs the 'yaml' extra; JSON always works; 'default' is the shipped grid):
   name: study
@@ -27,13 +28,21 @@ examples:
   peftshield bench plan default                          # cells, stages, cost estimate
   peftshield bench run default --results runs/grid       # the small default grid
   peftshield bench run study.yaml --results runs/study --jobs 2
+  peftshield bench run study.yaml --results /shared/study --executor ray --address auto
   peftshield bench plan study.yaml --results runs/study  # what is done, cached, left
 
 Every stage artifact (poisoned backbone, victim, scan, fitted defence) is cached by content under
 RESULTS/artifacts and shared by every cell that needs it; each cell writes RESULTS/cells/<id>.json
 and RESULTS/grid.json collects them (benchmark result shape). A killed run started again with the
-same command redoes no finished cell; failed cells are retried. Exit status: 0 when every cell
-finished, 1 when some failed, 2 on bad input (found before any cell runs).
+same command redoes no finished cell; failed cells are retried. A results folder holds one grid:
+running a different grid into it needs --force. Exit status: 0 when every cell finished, 1 when
+some failed, 2 on bad input (found before any cell runs), 143 when stopped by SIGTERM (the
+workers stop with it).
+
+executors: 'local' (default) runs --jobs worker processes on this machine; 'ray' (pip install
+'peftshield[ray]') runs every artifact build and every cell as a Ray task, on the cluster at
+--address or on a local Ray instance started for the run (--jobs CPUs). RESULTS must then be a
+folder every worker sees (a shared file system): the workers read and write its artifacts.
 """
 
 
@@ -56,8 +65,43 @@ def add_parser(subparsers) -> None:
     )
     run.add_argument("grid", help="grid file (.yaml, .yml or .json), or 'default'")
     run.add_argument("--results", required=True, help="results folder (created; reused to resume)")
-    run.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
+    run.add_argument(
+        "--executor",
+        default="local",
+        choices=EXECUTORS,
+        help="where the cells run: local processes or a Ray cluster (default: local)",
+    )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="local: worker processes (default: 1); ray without --address: CPUs of the local Ray "
+        "instance (default: all)",
+    )
+    run.add_argument(
+        "--address",
+        default=None,
+        help="ray: the cluster to join (auto, HOST:PORT or ray://HOST:10001; default: start a local one)",
+    )
+    run.add_argument(
+        "--cpus-per-task", type=float, default=1.0, help="ray: CPUs (and torch threads) per task (default: 1)"
+    )
+    run.add_argument(
+        "--gpus-per-task",
+        type=float,
+        default=1.0,
+        help="ray: GPU share of each task where the cluster has GPUs; 0.25 runs four minilm tasks per "
+        "GPU (default: 1)",
+    )
+    run.add_argument(
+        "--max-retries", type=int, default=3, help="ray: re-runs of a task whose worker died (default: 3)"
+    )
     add_device_arg(run)
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run this grid into a results folder that holds a different grid (default: refuse)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar (the cell log stays)")
     run.set_defaults(func=run_command)
     plan = sub.add_parser(
@@ -81,22 +125,34 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Validate the grid (and the results folder), then run it."""
-    from peftshield.grid.cache import check_results_dir
+    """Validate the options, the grid and the results folder (creating nothing), then run it."""
     from peftshield.grid.config import load_grid
+    from peftshield.grid.executors import make_executor
     from peftshield.grid.runner import run_grid
 
+    executor = make_executor(
+        args.executor,
+        jobs=args.jobs,
+        address=args.address,
+        cpus_per_task=args.cpus_per_task,
+        gpus_per_task=args.gpus_per_task,
+        max_retries=args.max_retries,
+    )
     grid = load_grid(args.grid)
-    check_results_dir(args.results)
-    command = f"peftshield bench run {args.grid} --results {args.results} --jobs {args.jobs}"
+    command = f"peftshield bench run {args.grid} --results {args.results} --executor {args.executor}"
+    if args.jobs is not None:
+        command += f" --jobs {args.jobs}"
+    if args.address:
+        command += f" --address {args.address}"
     command += f" --device {args.device}"
     summary = run_grid(
         grid,
         args.results,
-        jobs=args.jobs,
+        executor=executor,
         device=args.device,
         progress=False if args.quiet else None,
         command=command,
+        force=args.force,
     )
     return 1 if summary.failed else 0
 

@@ -84,6 +84,25 @@ def register_detector(name: str, target: str | type[Detector]) -> None:
     _REGISTRY[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
 
 
+def registered_detectors() -> dict[str, str]:
+    """Every registered detector type, ``name -> "module:Class"``: the built-ins, then in registration order.
+
+    The one list the grid, ``peftshield baseline fit --defense`` and the report read: a defence is
+    one file plus one :func:`register_detector` call.
+    """
+    return dict(_REGISTRY)
+
+
+def adopt_registrations(registry: dict[str, str]) -> None:
+    """Register every entry of ``registry`` (from :func:`registered_detectors`) not known here.
+
+    A worker process calls it with its driver's registry, so that a detector registered in the
+    driver (a user's own defence) can be fitted and loaded in the worker too.
+    """
+    for name, target in registry.items():
+        _REGISTRY.setdefault(name, target)
+
+
 def detector_class(name: str) -> type[Detector]:
     """The registered detector class for a ``detector.json`` type name."""
     if name not in _REGISTRY:

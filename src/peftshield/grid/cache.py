@@ -272,6 +272,11 @@ class ArtifactStore:
 def check_results_dir(results: str | os.PathLike) -> Path:
     """Create the results folder if needed and prove it writable, before any cell runs."""
     path = Path(results).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise PeftshieldError(
+            f"results folder {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+            "create its target or remove the link"
+        )
     if path.exists() and not path.is_dir():
         raise PeftshieldError(f"results folder {path} exists and is not a folder")
     try:

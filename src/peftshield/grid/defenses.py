@@ -399,19 +399,19 @@ DEFENSES: dict[str, Callable[[], DefenseAdapter]] = {
 
 def defense_names() -> list[str]:
     """Every defence name a grid may use: ``none``, the table, then other registered detectors."""
-    from peftshield.defenses.base import _REGISTRY
+    from peftshield.defenses.base import registered_detectors
 
-    extra = [n for n in sorted(_REGISTRY) if n not in DEFENSES and n not in ALIASES]
+    extra = [n for n in sorted(registered_detectors()) if n not in DEFENSES and n not in ALIASES]
     return [NONE, *DEFENSES, *extra]
 
 
 def get_adapter(name: str) -> DefenseAdapter:
     """The adapter of defence ``name`` (table entry, alias, or a registered detector)."""
-    from peftshield.defenses.base import _REGISTRY
+    from peftshield.defenses.base import registered_detectors
 
     name = ALIASES.get(name, name)
     if name in DEFENSES:
         return DEFENSES[name]()
-    if name in _REGISTRY:
+    if name in registered_detectors():
         return registered_adapter(name)
     raise PeftshieldError(f"unknown defence {name!r}; choose one of {', '.join(defense_names())}")

@@ -9,15 +9,17 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
 (docs/design.md "Metric definitions"); nothing is redefined here:
 
 - ``cacc``, ``asr`` (PSIM convention for task-specific attacks; for task-agnostic ones the
-  LMSanitator convention, also under ``asr_lms``), ``defended_cacc``, ``defended_asr`` (a rejected
-  clean input counts as wrong, a rejected triggered input as blocked), ``frr``, ``far``,
+  LMSanitator convention, also under ``asr_lms``), ``defended_cacc``, ``defended_asr_reject`` (a
+  rejected clean input counts as wrong, a rejected triggered input as blocked), ``frr``, ``far``,
   ``precision``, ``recall``, ``f1``, ``auroc`` of the defence's score;
 - ``corrected_cacc``, ``corrected_asr`` (a correction defence, ONION): the victim's CACC and ASR
   on the texts the defence cleaned, nothing rejected (:func:`~peftshield.evaluation.metrics.corrected_asr`),
   beside its figures as a detector;
-- ``overhead_ratio``: wall time of guarded inference over undefended inference on the same texts
-  (detector pass plus victim pass; one shared pass for a monitor, which reads the victim's own
-  forward pass);
+- ``overhead_ratio`` (the grid's one overhead protocol, ``bench/README.md``): wall time of guarded
+  inference over undefended inference, summed over every text set of the cell (clean, then each
+  trigger set), the victim's pass and the detector's pass timed back to back on each set (one
+  shared pass for a monitor, which reads the victim's own forward pass; a memoised detector is
+  charged its measured cost per text); named in the row as ``overhead_protocol``;
 - ``roc``: ``{fpr, tpr}`` points of the score; ``tradeoff``: ``{threshold, frr, far, asr, cacc}``
   as the threshold moves (defended ASR and CACC at each threshold).
 
@@ -37,6 +39,15 @@ import numpy as np
 from peftshield.data.records import Example
 from peftshield.errors import PeftshieldError
 from peftshield.grid.curves import roc_points, sweep_thresholds
+
+#: The defended ASR when a flagged input is rejected (docs/design.md "Metric definitions"): the
+#: name every grid row uses, so that it cannot be mistaken for the ASR after an LMSanitator purge
+#: (``defended_asr_purge``, where the flagged input is cleaned and answered). Older result files
+#: call it ``defended_asr``; the report reads both.
+DEFENDED_ASR_REJECT = "defended_asr_reject"
+DEFENDED_ASR_PURGE = "defended_asr_purge"
+#: The grid's overhead measurement (module docstring, ``overhead_ratio``).
+OVERHEAD_PROTOCOL = "summed-paired-pass"
 
 
 @dataclass(frozen=True)
@@ -249,8 +260,9 @@ def _measure_set(
         metrics.pop("detectors", None)
         if agnostic:
             metrics["asr"] = metrics["asr_lms"]
-            metrics["defended_asr"] = metrics.pop("defended_asr_lms")
+            metrics[DEFENDED_ASR_REJECT] = metrics.pop("defended_asr_lms")
         else:
+            metrics[DEFENDED_ASR_REJECT] = metrics.pop("defended_asr")
             metrics["asr_lms"] = None  # the triggered set holds non-target inputs only
         row.update(metrics)
     else:
@@ -334,11 +346,12 @@ def evaluate_cell(
             if fixed_c is not None:
                 row["corrected_cacc"] = m.accuracy(fixed_c, y_c)
         row["frr"] = float(rejected.mean())
-        for key in ("asr", "asr_lms", "defended_asr", "far", "auroc"):
+        for key in ("asr", "asr_lms", DEFENDED_ASR_REJECT, "far", "auroc"):
             row[key] = None
         row["by_attack"] = per_set
     else:
         row.update(next(iter(per_set.values())))
     row["overhead_ratio"] = timer.guarded / timer.victim if victim is not None and timer.victim > 0 else None
+    row["overhead_protocol"] = OVERHEAD_PROTOCOL
     row["inference_seconds"] = {"victim": round(timer.victim, 4), "guarded": round(timer.guarded, 4)}
     return row

@@ -1,27 +1,27 @@
-"""Run a grid: resumable, parallel over local processes, with a progress bar, an ETA and a cell log.
+"""Run a grid: resumable, on local processes or a Ray cluster, with a progress bar, an ETA and a cell log.
 
 Layout of the results folder ``DIR``::
 
     DIR/cells/<cell-id>.json     one result row per cell (docs/design.md "Benchmark result files" keys)
     DIR/grid.json                the ResultFile shape: benchmark "grid", meta, rows, summary
-    DIR/grid-config.json         the grid as it was read, with its source path
+    DIR/grid-config.json         the grid as it was read, with its source path and content hash
     DIR/artifacts/<kind>/...     content-addressed stage artifacts (:mod:`.cache`)
     DIR/log/stages.jsonl         every build, reuse and cell outcome, one JSON line each
     DIR/log/run.log              the one-line-per-cell log of every run
 
 Resuming: a cell whose result file holds no ``error`` is done and never rerun; a failed cell is
 rerun; a cell interrupted half-way left at most complete artifacts (atomic folders) and no result
-file, so it is rerun and reuses what it had finished. One run at a time per ``DIR`` (a lock).
+file, so it is rerun and reuses what it had finished. One run at a time per ``DIR`` (a lock), and
+one grid per ``DIR``: a grid whose content differs from the one recorded in ``grid-config.json``
+is refused unless ``force`` (its ``grid.json`` would silently replace the other's).
 
-Parallelism: ``jobs`` worker processes (``spawn``), each with ``cpu_count // jobs`` torch threads
-(never more than ``OMP_NUM_THREADS`` when set), so N workers do not oversubscribe the cores;
-shared artifacts are built once under file locks (:class:`~.cache.ArtifactStore`). Results do not
-depend on ``jobs``: every stage seeds itself and reads its inputs back from disk.
+Where the cells run is the executor's business (:mod:`.executors`: ``local`` processes, the
+default, or ``ray``); results do not depend on it, nor on the number of workers: every stage
+seeds itself and reads its inputs back from disk.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,11 +35,14 @@ from peftshield.grid.cache import (
     RUN_LOG,
     ArtifactStore,
     check_results_dir,
+    digest,
     file_lock,
 )
 from peftshield.grid.config import GridSpec
+from peftshield.grid.evaluate import DEFENDED_ASR_REJECT as DEFENDED_ASR
+from peftshield.grid.executors import Executor, LocalExecutor
 from peftshield.grid.plan import Cell, expand
-from peftshield.grid.stages import cell_file
+from peftshield.grid.stages import portable_ref, read_row
 
 GRID_FILE = "grid.json"
 #: grid.json is rewritten at most this often during a run (and always at its end).
@@ -81,20 +84,6 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
 
 
-def read_row(results: Path, cell_id: str) -> dict[str, Any] | None:
-    """A cell's result row, or ``None`` when it has none (or an unreadable one, rerun then)."""
-    from peftshield.utils.io import read_json
-
-    path = cell_file(results, cell_id)
-    if not path.is_file():
-        return None
-    try:
-        row = read_json(path)
-    except PeftshieldError:
-        return None
-    return row if isinstance(row, dict) else None
-
-
 def cell_status(cells: list[Cell], results: Path | None) -> list[CellStatus]:
     """The status of every cell in ``results`` (all ``todo`` without a results folder)."""
     out = []
@@ -103,21 +92,6 @@ def cell_status(cells: list[Cell], results: Path | None) -> list[CellStatus]:
         state = "todo" if row is None else ("failed" if "error" in row else "done")
         out.append(CellStatus(cell, state, row))
     return out
-
-
-def worker_threads(jobs: int) -> int:
-    """Torch threads per worker: the cores shared out, capped by ``OMP_NUM_THREADS`` when set."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        threads = min(threads, int(env))
-    return threads
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _fmt(value: Any) -> str:
@@ -144,7 +118,7 @@ def cell_line(row: dict[str, Any]) -> str:
     elif row.get("asr") is not None:
         parts.append(
             f"ASR {_fmt(row['asr'])}"
-            + (f"->{_fmt(row.get('defended_asr'))}" if row.get("defense") != "none" else "")
+            + (f"->{_fmt(row.get(DEFENDED_ASR))}" if row.get("defense") != "none" else "")
         )
     if row.get("defense") != "none":
         parts.append(f"FRR {_fmt(row.get('frr'))}")
@@ -163,7 +137,12 @@ def _mean(values: list[Any]) -> float | None:
 
 
 def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
-    """Counts, and per defence the mean AUROC, ASR before / after, CACC cost, FRR and overhead."""
+    """Counts, and per defence the mean AUROC, ASR before / after, CACC cost, FRR and overhead.
+
+    A cell whose defence was inactive (a monitor with no PV to watch: it passes every input) is
+    counted under ``inactive`` and left out of the means, as the report's claims leave it out:
+    averaging its undefended figures in would credit or blame a defence that never ran.
+    """
     ok = [r for r in rows if "error" not in r]
     summary: dict[str, Any] = {
         "cells": {"planned": planned, "finished": len(ok), "failed": len(rows) - len(ok)},
@@ -171,8 +150,8 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
         "by_defense": {},
     }
     for defense in dict.fromkeys(r["defense"] for r in ok):
-        attacked = [r for r in ok if r["defense"] == defense and "by_attack" not in r]
-        mine = [r for r in ok if r["defense"] == defense]
+        mine = [r for r in ok if r["defense"] == defense and not r.get("inactive")]
+        attacked = [r for r in mine if "by_attack" not in r]
         cost = [
             r["cacc"] - r["defended_cacc"]
             for r in mine
@@ -180,9 +159,10 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
         ]
         summary["by_defense"][defense] = {
             "cells": len(mine),
+            "inactive": sum(1 for r in ok if r["defense"] == defense and r.get("inactive")),
             "mean_auroc": _mean([r.get("auroc") for r in attacked]),
             "mean_asr": _mean([r.get("asr") for r in attacked]),
-            "mean_defended_asr": _mean([r.get("defended_asr") for r in attacked]),
+            f"mean_{DEFENDED_ASR}": _mean([r.get(DEFENDED_ASR) for r in attacked]),
             "mean_cacc_cost": _mean(cost),
             "mean_frr": _mean([r.get("frr") for r in mine]),
             "mean_overhead_ratio": _mean([r.get("overhead_ratio") for r in mine]),
@@ -208,7 +188,14 @@ def write_grid_file(
         rows_by_id = {c.id: row for c in cells if (row := read_row(results, c.id)) is not None}
     rows = [rows_by_id[c.id] for c in cells if c.id in rows_by_id]
     meta = run_metadata(command)
-    meta.update({"grid": grid.name, "grid_file": grid.source, "planned_cells": [c.id for c in cells]})
+    meta.update(
+        {
+            "grid": grid.name,
+            "grid_file": portable_ref(grid.source),
+            "grid_digest": grid_digest(grid),
+            "planned_cells": [c.id for c in cells],
+        }
+    )
     summary = summarize(rows, len(cells))
     write_json(results / GRID_FILE, {"benchmark": "grid", "meta": meta, "rows": rows, "summary": summary})
     return rows
@@ -256,38 +243,85 @@ def _run_log(results: Path, line: str) -> None:
         handle.write(f"{stamp} {line}\n")
 
 
+def grid_digest(grid: GridSpec) -> str:
+    """The content hash of a grid as it was read (what ``grid-config.json`` records)."""
+    return digest(grid.raw)
+
+
+def check_same_grid(results: Path, grid: GridSpec, force: bool = False) -> None:
+    """Refuse to run ``grid`` into a results folder that holds another grid, unless ``force``.
+
+    Compares the content hash of the grid recorded in ``RESULTS/grid-config.json`` with this one;
+    a folder without that file (new, or not a grid's) passes. Reads only: nothing is created.
+    """
+    from peftshield.utils.io import read_json
+
+    path = Path(results).expanduser() / CONFIG_FILE
+    if force or not path.is_file():
+        return
+    try:
+        stored = read_json(path)
+    except PeftshieldError:
+        return  # unreadable: rewritten by this run
+    if not isinstance(stored, dict) or not isinstance(stored.get("grid"), dict):
+        return
+    old, new = digest(stored["grid"]), grid_digest(grid)
+    if old != new:
+        name = stored["grid"].get("name") or portable_ref(stored.get("source")) or "another grid"
+        raise PeftshieldError(
+            f"{results} holds the results of a different grid ({name!r}, content hash {old[:12]}; this "
+            f"grid: {new[:12]}); use another --results, or --force to run this grid there (its "
+            "grid.json then lists this grid's cells; the other's cell files and artifacts stay)"
+        )
+
+
 def run_grid(
     grid: GridSpec,
     results: str | Path,
     *,
     jobs: int = 1,
+    executor: Executor | None = None,
     device: str = "auto",
     progress: bool | None = None,
     command: str | None = None,
+    force: bool = False,
 ) -> RunSummary:
-    """Run every unfinished cell of ``grid`` into ``results`` (see the module docstring)."""
+    """Run every unfinished cell of ``grid`` into ``results`` (see the module docstring).
+
+    ``executor`` says where the cells run (default: :class:`~.executors.LocalExecutor` with
+    ``jobs`` workers); ``force`` lets a different grid take over an existing results folder.
+    Every check (executor settings, device, results folder, grid) runs before anything is written.
+    """
     from peftshield.grid.estimate import plan_costs
     from peftshield.grid.plan import unique_stages
-    from peftshield.utils.device import resolve_device
+    from peftshield.utils.device import DEVICE_CHOICES, resolve_device
     from peftshield.utils.io import write_json
+    from peftshield.utils.lifetime import Terminated, terminate_on_sigterm
 
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise PeftshieldError(f"--jobs must be a positive integer, got {jobs!r}")
-    resolve_device(device)  # a bad or unavailable device fails now, not in every cell
-    results = check_results_dir(results)
+    executor = executor or LocalExecutor(jobs=jobs)
+    executor.check()
+    if executor.name == "local":
+        resolve_device(device)  # a bad or unavailable device fails now, not in every cell
+    elif device not in DEVICE_CHOICES and not device.startswith("cuda:"):
+        resolve_device(device)  # a bad name; whether a GPU exists is the cluster's answer
     cells = expand(grid)
     if not cells:
         raise PeftshieldError(f"{grid.source or grid.name}: the grid has no cell to run")
+    check_same_grid(Path(results), grid, force)
+    results = check_results_dir(results).resolve()
     started = time.perf_counter()
     with file_lock(results / RUN_LOCK, blocking=False) as acquired:
         if not acquired:
             raise PeftshieldError(
                 f"another 'peftshield bench run' is using {results}; wait for it or use another --results"
             )
+        check_same_grid(results, grid, force)  # again under the lock: another run may have just begun
         store = ArtifactStore(results)
         store.clean_partials()
         (results / CELLS_DIR).mkdir(exist_ok=True)
-        write_json(results / CONFIG_FILE, {"source": grid.source, "grid": grid.raw})
+        write_json(
+            results / CONFIG_FILE, {"source": grid.source, "digest": grid_digest(grid), "grid": grid.raw}
+        )
         statuses = cell_status(cells, results)
         done = {s.cell.id for s in statuses if s.state == "done"}
         todo = [s.cell for s in statuses if s.state != "done"]
@@ -302,7 +336,7 @@ def run_grid(
         header = (
             f"grid {grid.name}: {len(cells)} cells, {len(done)} done, {len(todo)} to run"
             + (f" ({retried} failed before, retried)" if retried else "")
-            + f"; rough estimate {sum(costs.values()) / 60:.1f} min; jobs {jobs}; results {results}"
+            + f"; rough estimate {sum(costs.values()) / 60:.1f} min; {executor.describe()}; results {results}"
         )
         print(header, flush=True)
         _run_log(results, header)
@@ -326,14 +360,15 @@ def run_grid(
                 last_write[0] = time.monotonic()
 
         try:
-            if jobs == 1:
-                from peftshield.grid.stages import execute_cell, reset_memos
-
-                reset_memos()
-                for cell in todo:
-                    finished(cell, execute_cell(cell, results, device))
-            else:
-                _run_parallel(todo, results, device, jobs, finished)
+            with terminate_on_sigterm():
+                executor.run(todo, results, device, finished)
+        except Terminated:
+            message = (
+                f"terminated; {summary.ran} cell(s) finished in this run are kept: the same command resumes"
+            )
+            print(f"peftshield: {message}", file=sys.stderr, flush=True)
+            _run_log(results, message)
+            raise
         finally:
             bar.close()
             summary.rows = write_grid_file(results, grid, cells, command, rows_by_id)
@@ -346,42 +381,6 @@ def run_grid(
     print(footer, flush=True)
     _run_log(results, footer)
     return summary
-
-
-def _run_parallel(todo: list[Cell], results: Path, device: str, jobs: int, finished) -> None:
-    """Run ``todo`` on ``jobs`` spawned worker processes; report each row as it arrives."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    from peftshield.grid.stages import execute_cell
-    from peftshield.utils.io import write_json
-
-    context = multiprocessing.get_context("spawn")  # fork after torch is imported is unsafe
-    pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(worker_threads(jobs),)
-    )
-    try:
-        pending = {pool.submit(execute_cell, cell, str(results), device): cell for cell in todo}
-        while pending:
-            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in ready:
-                cell = pending.pop(future)
-                try:
-                    row = future.result()
-                except BrokenProcessPool as err:  # a worker died (out of memory, killed)
-                    row = {
-                        "cell": cell.id,
-                        **cell.labels(),
-                        "error": f"worker process died: {err}",
-                        "seconds": 0.0,
-                    }
-                    write_json(cell_file(results, cell.id), row)
-                finished(cell, row)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 def comparable(row: dict[str, Any]) -> dict[str, Any]:

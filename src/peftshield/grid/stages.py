@@ -20,13 +20,15 @@ run computes exactly what an uninterrupted one does.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from peftshield.grid.cache import CELLS_DIR, ArtifactStore, Stage
-from peftshield.grid.plan import PAYLOADS, Cell
+from peftshield.grid.plan import PAYLOADS, STAGE_KINDS, Cell
 
 _SPLITS: dict[str, Any] = {}
 #: Artifacts whose build failed in this process: later cells needing them fail at once, not after
@@ -37,6 +39,11 @@ _FAILED: dict[str, str] = {}
 def reset_memos() -> None:
     """Forget the data and failures remembered by this process (each run starts afresh)."""
     _SPLITS.clear()
+    _FAILED.clear()
+
+
+def forget_failures() -> None:
+    """Forget the failed builds remembered by this process (a long-lived worker serving a new task)."""
     _FAILED.clear()
 
 
@@ -184,6 +191,21 @@ def cell_file(results: Path, cell_id: str) -> Path:
     return results / CELLS_DIR / f"{cell_id}.json"
 
 
+def read_row(results: Path, cell_id: str) -> dict[str, Any] | None:
+    """A cell's result row, or ``None`` when it has none (or an unreadable one, rerun then)."""
+    from peftshield.errors import PeftshieldError
+    from peftshield.utils.io import read_json
+
+    path = cell_file(results, cell_id)
+    if not path.is_file():
+        return None
+    try:
+        row = read_json(path)
+    except PeftshieldError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def _stage_entry(
     stage: Stage, record: dict[str, Any], built: bool, folder: Path, results: Path
 ) -> dict[str, Any]:
@@ -196,8 +218,11 @@ def _stage_entry(
     }
 
 
-def _run_chain(cell: Cell, store: ArtifactStore, device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Build or reuse every stage of ``cell``; return ``(paths by kind, stage entries by kind)``."""
+def _run_chain(
+    cell: Cell, store: ArtifactStore, device: Any, upto: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Build or reuse the stages of ``cell`` (all, or those up to kind ``upto``); return
+    ``(paths by kind, stage entries by kind)``."""
     from peftshield.grid.defenses import FitInputs, get_adapter
 
     results = store.results
@@ -217,17 +242,20 @@ def _run_chain(cell: Cell, store: ArtifactStore, device: Any) -> tuple[dict[str,
         entries[stage.kind] = _stage_entry(stage, record, built, payload.parent, results)
         return payload
 
+    def wanted(kind: str) -> bool:
+        return upto is None or STAGE_KINDS.index(kind) <= STAGE_KINDS.index(upto)
+
     if cell.poison is not None:
         stage = cell.poison
         paths["backbone"] = str(run(stage, lambda out: build_poison(stage, device, out)))
     backbone = paths["backbone"]
-    if cell.victim is not None:
+    if cell.victim is not None and wanted("victim"):
         stage_v = cell.victim
         paths["victim"] = str(run(stage_v, lambda out: build_victim(stage_v, backbone, device, out)))
-    if cell.scan is not None:
+    if cell.scan is not None and wanted("scan"):
         stage_s = cell.scan
         paths["scan"] = str(run(stage_s, lambda out: build_scan(stage_s, backbone, device, out)))
-    if cell.defense_stage is not None:
+    if cell.defense_stage is not None and wanted("defense"):
         stage_d = cell.defense_stage
         adapter = get_adapter(cell.defense.name)
         sizes = cell.sizes
@@ -292,15 +320,49 @@ def _summary_fields(entries: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def portable_ref(ref: str | None) -> str | None:
+    """A corpus or backbone reference without this machine's folders: a path becomes its last name.
+
+    Result rows name what they measured (built-in names, hub ids, file and folder names); the
+    content hashes in the stage keys say exactly which file it was.
+    """
+    if ref is None or not os.path.isabs(os.path.expanduser(ref)):
+        return ref
+    return Path(ref).name
+
+
+def _machine_roots(results: Path) -> list[tuple[str, str]]:
+    """This machine's folders that may appear in an error message, longest first, with placeholders."""
+    import sysconfig
+
+    import peftshield
+
+    roots = {
+        str(results.resolve()): "<results>",
+        str(Path(peftshield.__file__).resolve().parent): "<peftshield>",
+        sysconfig.get_paths()["purelib"]: "<site-packages>",
+        sys.prefix: "<python>",
+        str(Path.home()): "~",
+    }
+    return sorted(((k, v) for k, v in roots.items() if len(k) > 1), key=lambda kv: -len(kv[0]))
+
+
+def scrub_paths(text: str, results: Path) -> str:
+    """``text`` (an error, a traceback) with this machine's folders replaced by placeholders."""
+    for root, placeholder in _machine_roots(results):
+        text = text.replace(root, placeholder)
+    return text
+
+
 def cell_config(cell: Cell) -> dict[str, Any]:
-    """Everything that configured the cell (the report prints it beside the figures)."""
+    """Everything that configured the cell (the report prints it beside the figures), without paths."""
     config: dict[str, Any] = {
-        "corpus": cell.corpus.ref,
-        "backbone": cell.backbone.ref,
+        "corpus": portable_ref(cell.corpus.ref),
+        "backbone": portable_ref(cell.backbone.ref),
         "attack": {
             "name": cell.attack.name,
             "recipe": cell.attack.recipe,
-            "corpus": cell.attack.corpus.ref if cell.attack.corpus else None,
+            "corpus": portable_ref(cell.attack.corpus.ref) if cell.attack.corpus else None,
         },
         "method": {
             "name": cell.method.name,
@@ -313,6 +375,64 @@ def cell_config(cell: Cell) -> dict[str, Any]:
     if cell.scan is not None:
         config["scan"] = cell.scan.spec
     return config
+
+
+def _head(cell: Cell) -> dict[str, Any]:
+    return {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "threshold": None}
+
+
+def record_failure(
+    cell: Cell, results: str | Path, error: str, trace: str = "", seconds: float = 0.0
+) -> dict[str, Any]:
+    """Write and return the row of a cell that failed (docs/design.md: a failed cell is a row with
+    ``error``, not a missing row; the next run retries it). Paths of this machine are scrubbed."""
+    from peftshield.utils.io import write_json
+    from peftshield.utils.runinfo import run_metadata
+
+    results = Path(results)
+    row = {
+        **_head(cell),
+        "error": scrub_paths(error, results),
+        "traceback": scrub_paths(trace, results),
+        "seconds": round(seconds, 3),
+        "config": cell_config(cell),
+        "meta": run_metadata(),
+    }
+    ArtifactStore(results).log.write("cell-failed", cell=cell.id, error=row["error"])
+    write_json(cell_file(results, cell.id), row)
+    return row
+
+
+#: Fault injection for the tests: the path of a marker file. The first cell to reach the end of its
+#: stages creates the file and ends its process at once, as a worker killed mid-cell would.
+CRASH_ONCE_ENV = "PEFTSHIELD_TEST_CRASH_ONCE"
+
+
+def _crash_once() -> None:
+    marker = os.environ.get(CRASH_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return
+    os._exit(70)
+
+
+def build_stages(cell: Cell, results: str | Path, device_name: str, upto: str) -> dict[str, Any]:
+    """Build (or reuse) the stages of ``cell`` up to kind ``upto``: an executor's artifact task.
+
+    Returns ``{"cell", "upto"}``, with ``error`` when a build failed (the executor then fails the
+    cells that need it without building it again).
+    """
+    from peftshield.utils.device import resolve_device
+
+    out: dict[str, Any] = {"cell": cell.id, "upto": upto}
+    try:
+        _run_chain(cell, ArtifactStore(Path(results)), resolve_device(device_name), upto)
+    except Exception as err:  # recorded in the stage log by the store; reported with the cells
+        out["error"] = scrub_paths(f"{type(err).__name__}: {err}", Path(results))
+    return out
 
 
 def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> dict[str, Any]:
@@ -332,15 +452,10 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
     store = ArtifactStore(results)
     started = time.perf_counter()
     store.log.write("cell-start", cell=cell.id)
-    head: dict[str, Any] = {
-        "cell": cell.id,
-        **cell.labels(),
-        "kind": cell.attack.kind,
-        "threshold": None,
-    }
     try:
         device = resolve_device(device_name)
         paths, entries = _run_chain(cell, store, device)
+        _crash_once()
         victim = None
         if paths["victim"] is not None:
             victim = load_tuned(paths["victim"], device=device, backbone=paths["backbone"])
@@ -359,7 +474,7 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
             victim, defense, list(test), sets, seed=cell.seed, control=cell.attack.name == "none"
         )
         row = {
-            **head,
+            **_head(cell),
             **metrics,
             **_summary_fields(entries),
             "seconds": round(time.perf_counter() - started, 3),
@@ -367,16 +482,9 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
             "config": cell_config(cell),
             "meta": run_metadata(),
         }
-        store.log.write("cell-done", cell=cell.id, seconds=row["seconds"])
     except Exception as err:  # a failed cell is recorded and the grid goes on
-        row = {
-            **head,
-            "error": f"{type(err).__name__}: {err}",
-            "traceback": traceback.format_exc()[-4000:],
-            "seconds": round(time.perf_counter() - started, 3),
-            "config": cell_config(cell),
-            "meta": run_metadata(),
-        }
-        store.log.write("cell-failed", cell=cell.id, error=row["error"])
+        error, trace = f"{type(err).__name__}: {err}", traceback.format_exc()[-4000:]
+        return record_failure(cell, results, error, trace, time.perf_counter() - started)
     write_json(cell_file(results, cell.id), row)
+    store.log.write("cell-done", cell=cell.id, seconds=row["seconds"])
     return row

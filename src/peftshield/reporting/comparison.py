@@ -1,9 +1,10 @@
 """The detector comparison (issue 6) and grid cells: PSIM and the LMSanitator monitor vs STRIP, RAP, ONION.
 
-Rows carry a ``defense`` (``psim``, ``monitor``, ``strip``, ``rap``, ``onion``, or ``none`` for the
-undefended victim) on a cell (backbone, corpus, attack, method, seed), with ``auroc``,
-``defended_asr`` (or ``defended_asr_lms``), ``cacc`` / ``defended_cacc``, ``frr``, ``far``,
-``overhead_ratio`` and optionally a ``roc`` curve. A detector row without ``cacc`` / ``asr`` takes
+Rows carry a ``defense`` (``psim``, ``monitor``, a baseline: ``strip``, ``rap``, ``onion`` or any
+other registered detector, or ``none`` for the undefended victim) on a cell (backbone, corpus,
+attack, method, seed), with ``auroc``, ``defended_asr_reject`` (older files: ``defended_asr`` or
+``defended_asr_lms``), ``cacc`` / ``defended_cacc``, ``frr``, ``far``, ``overhead_ratio`` and
+optionally a ``roc`` curve. A detector row without ``cacc`` / ``asr`` takes
 them from the cell's ``none`` row. The AUROC table marks the best detector of each cell and the
 text says where a baseline beats our detectors (the issue's target is the opposite).
 """
@@ -28,8 +29,25 @@ from peftshield.reporting.rows import (
 from peftshield.reporting.tables import Column, generic_table, rows_table
 
 OURS = ("psim", "monitor", "lmsanitator")
-BASELINES = ("strip", "rap", "onion")
-DETECTOR_ORDER = (*OURS, *BASELINES, "none")
+
+
+def baseline_names() -> tuple[str, ...]:
+    """The baselines, in the detector registry's order: every registered detector that is not ours.
+
+    Read from :func:`peftshield.defenses.base.registered_detectors` (names only), so a defence
+    registered once is a baseline here as it is in the grid and in ``baseline fit``.
+    """
+    from peftshield.defenses.base import registered_detectors
+
+    return tuple(name for name in registered_detectors() if name not in OURS)
+
+
+def is_baseline(name: Any) -> bool:
+    """Whether a row's ``defense`` is a baseline: any detector but ours (registered here or not:
+    the result file, not this installation, says what was measured) and ``none``."""
+    return str(name) not in OURS and str(name) != "none"
+
+
 CELL_KEYS = ("backbone", "corpus", "attack", "method", "head", "seed")
 
 
@@ -58,7 +76,8 @@ def _fill_from_undefended(rows: list[dict[str, Any]], keys: list[str]) -> list[d
 
 def _detector_rank(name: Any) -> tuple[int, str]:
     name = str(name)
-    return (DETECTOR_ORDER.index(name) if name in DETECTOR_ORDER else len(DETECTOR_ORDER), name)
+    order = (*OURS, *baseline_names(), "none")
+    return (order.index(name) if name in order else len(order), name)
 
 
 def auroc_table(rows: list[dict[str, Any]], keys: list[str]) -> tuple[Table | None, list[str]]:
@@ -82,7 +101,7 @@ def auroc_table(rows: list[dict[str, Any]], keys: list[str]) -> tuple[Table | No
             if value is not None and value == best:
                 bold.add((r, c))
         ours = {d: v for d, v in scores.items() if d in OURS}
-        base = {d: v for d, v in scores.items() if d in BASELINES}
+        base = {d: v for d, v in scores.items() if is_baseline(d)}
         if ours and base:
             comparable += 1
             top_ours = max(ours, key=ours.get)

@@ -195,11 +195,16 @@ def _zoo_size(results: Results, _: Claim) -> Measured:
 def _lms_victims(results: Results) -> list[dict[str, Any]]:
     from peftshield.reporting.lmsanitator import is_zoo_row
 
-    return [r for r in _rows(results, "lmsanitator") if not is_zoo_row(r) and defended_asr_of(r) is not None]
+    return [
+        r
+        for r in _rows(results, "lmsanitator")
+        if not is_zoo_row(r) and defended_asr_of(r, prefer="purge") is not None
+    ]
 
 
 def _lms_asr(results: Results, _: Claim) -> Measured:
-    values = [defended_asr_of(r) for r in _lms_victims(results)]
+    # LMSanitator's "ASR after defence" is the purged answer's (Wei et al. 2024, §V)
+    values = [defended_asr_of(r, prefer="purge") for r in _lms_victims(results)]
     if not values:
         return Measured("—", NOT_MEASURED)
     below = sum(v < 0.01 for v in values)
@@ -215,7 +220,7 @@ def _lms_defended(results: Results, _: Claim) -> Measured:
     prefix = [r for r in rows if r.get("method") == "prefix"]
     basis = "lmsanitator: prefix victims" if prefix else "lmsanitator: all victims (no prefix victim found)"
     rows = prefix or rows
-    pairs = [(defended_asr_of(r), number(r.get("frr"))) for r in rows]
+    pairs = [(defended_asr_of(r, prefer="purge"), number(r.get("frr"))) for r in rows]
     pairs = [(a, f) for a, f in pairs if a is not None and f is not None]
     if not pairs:
         return Measured("—", NOT_MEASURED)
@@ -228,7 +233,7 @@ def _lms_defended(results: Results, _: Claim) -> Measured:
 
 
 def _auroc_race(results: Results, _: Claim) -> Measured:
-    from peftshield.reporting.comparison import BASELINES, OURS, cell_keys
+    from peftshield.reporting.comparison import OURS, cell_keys, is_baseline
     from peftshield.reporting.rows import cell_label
 
     wins = total = 0
@@ -247,7 +252,7 @@ def _auroc_race(results: Results, _: Claim) -> Measured:
                 cells.setdefault(cell_label(row, keys), {}).setdefault(str(row["defense"]), value)
         for scores in cells.values():
             ours = [v for d, v in scores.items() if d in OURS]
-            base = [v for d, v in scores.items() if d in BASELINES]
+            base = [v for d, v in scores.items() if is_baseline(d)]
             if ours and base:
                 total += 1
                 wins += max(ours) > max(base)

@@ -1,7 +1,11 @@
 """Reading result rows whatever their exact nesting: metric look-ups, threshold policies, curves.
 
 The row keys are docs/design.md's (``cacc``, ``asr``, ``asr_lms``, ``defended_cacc``, ``defended_asr``,
-``frr``, ``far``, ``auroc``, ``overhead_ratio`` ...). Benchmarks that evaluate a detector at
+``frr``, ``far``, ``auroc``, ``overhead_ratio`` ...). The defended ASR has two meanings, named
+apart in the grid's rows: ``defended_asr_reject`` (a flagged input is rejected, hence blocked) and
+``defended_asr_purge`` (a flagged input is purged of words and answered, LMSanitator's mode);
+older files say ``defended_asr`` (or ``defended_asr_lms``), read as the rejection figure unless
+the benchmark purged (:func:`defended_asr_of`). Benchmarks that evaluate a detector at
 several thresholds may write one row per threshold policy (``"threshold": "fixed@0.7"``) or one
 row holding a dict per policy (``"policies": {"fixed@0.7": {...}, "calibrated@0.02": {...}}``);
 :func:`expand_policies` turns the second form into the first. Keys the report does not know are
@@ -39,7 +43,20 @@ DIMENSIONS = (
 #: names under which a row may nest its per-threshold-policy results
 POLICY_CONTAINERS = ("policies", "by_policy", "by_threshold", "thresholds", "threshold_policies", "at")
 #: keys of per-policy results: a nested dict holding one of these is a policy's result
-POLICY_METRICS = ("defended_asr", "defended_asr_lms", "defended_cacc", "frr", "far")
+POLICY_METRICS = (
+    "defended_asr_reject",
+    "defended_asr_purge",
+    "defended_asr",
+    "defended_asr_lms",
+    "defended_cacc",
+    "frr",
+    "far",
+)
+#: the defended-ASR keys by meaning, in the order they are read (the old names last)
+DEFENDED_ASR_KEYS = {
+    "reject": ("defended_asr_reject", "defended_asr", "defended_asr_lms"),
+    "purge": ("defended_asr_purge", "defended_asr", "defended_asr_lms"),
+}
 _POLICY_NAME = re.compile(r"^(fixed|calibrated|paper|frr|target)\b|@", re.IGNORECASE)
 
 
@@ -57,9 +74,18 @@ def asr_of(row: dict[str, Any]) -> float | None:
     return first_number(row, "asr", "asr_lms")
 
 
-def defended_asr_of(row: dict[str, Any]) -> float | None:
-    """The defended ASR in whichever convention the row has."""
-    return first_number(row, "defended_asr", "defended_asr_lms")
+def defended_asr_of(row: dict[str, Any], prefer: str = "reject") -> float | None:
+    """The defended ASR in whichever convention and name the row has.
+
+    ``prefer``: ``reject`` (a flagged input is blocked; every detector's figure) or ``purge``
+    (LMSanitator's purged answer, where the row has one); either falls back to the other meaning,
+    then to the old names ``defended_asr`` / ``defended_asr_lms``.
+    """
+    if prefer not in DEFENDED_ASR_KEYS:
+        raise ValueError(f"prefer must be one of {', '.join(DEFENDED_ASR_KEYS)}, got {prefer!r}")
+    other = "purge" if prefer == "reject" else "reject"
+    mine, theirs = DEFENDED_ASR_KEYS[prefer], DEFENDED_ASR_KEYS[other]
+    return first_number(row, mine[0], theirs[0], *mine[1:])
 
 
 #: the figures that make a row a measurement of a victim or a detector
@@ -68,6 +94,8 @@ METRICS = (
     "asr",
     "asr_lms",
     "defended_cacc",
+    "defended_asr_reject",
+    "defended_asr_purge",
     "defended_asr",
     "defended_asr_lms",
     "frr",
