@@ -31,15 +31,10 @@ from peftshield.reporting.tables import Column, generic_table, rows_table
 OURS = ("psim", "monitor", "lmsanitator")
 
 
-def baseline_names() -> tuple[str, ...]:
-    """The baselines, in the detector registry's order: every registered detector that is not ours.
-
-    Read from :func:`peftshield.defenses.base.registered_detectors` (names only), so a defence
-    registered once is a baseline here as it is in the grid and in ``baseline fit``.
-    """
-    from peftshield.defenses.base import registered_detectors
-
-    return tuple(name for name in registered_detectors() if name not in OURS)
+#: Column order of the baselines the project ships; any other defence a result file names (a
+#: third-party registered detector) follows them alphabetically. The report reads result files only,
+#: never the detector registry (docs/design.md, "Layers").
+SHIPPED_BASELINES = ("strip", "rap", "onion")
 
 
 def is_baseline(name: Any) -> bool:
@@ -76,7 +71,7 @@ def _fill_from_undefended(rows: list[dict[str, Any]], keys: list[str]) -> list[d
 
 def _detector_rank(name: Any) -> tuple[int, str]:
     name = str(name)
-    order = (*OURS, *baseline_names(), "none")
+    order = (*OURS, *SHIPPED_BASELINES, "none")
     return (order.index(name) if name in order else len(order), name)
 
 
