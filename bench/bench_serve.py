@@ -490,8 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     results = ResultFile(RESULT, "serve", COMMAND, fresh=args.fresh)
     results.data["meta"]["notes"] = (
         f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}: one torch thread for the server and for the "
-        "offline run; the load generator (asyncio + httpx) runs on the same machine, other jobs shared its 2 "
-        f"cores during the run. Victim: minilm LoRA on a POR backbone (triggers cf, mn; {POR_SET}), "
+        "offline run; the load generator (asyncio + httpx) runs on the same 2-core machine. "
+        f"{os.environ.get('PEFTSHIELD_BENCH_NOTE', '')} Victim: minilm LoRA on a POR backbone "
+        f"(triggers cf, mn; {POR_SET}), "
         f"{MAX_TRAIN} movies training examples; PSIM (LoRA, calibrated@0.05) + LMSanitator monitor "
         f"(T_match 0.8). Fixed request count per cell ({REQUESTS}) with a {TIME_CAP_S:g} s cap. Server "
         "defaults: max batch 128 texts, max wait 5 ms."

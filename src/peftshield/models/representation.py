@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from peftshield.models.classifier import PooledClassifier
+from peftshield.models.pooling import pool
 
 #: Names of classification-head modules, in the order they are looked for (DistilBERT's
 #: ``pre_classifier`` is read before its ``classifier``).
@@ -105,15 +106,11 @@ def reduce_head_input(value: torch.Tensor, attention_mask: torch.Tensor | None, 
         raise ValueError(f"unexpected head input of shape {tuple(value.shape)}")
     if pooling != LAST_TOKEN:
         return value[:, 0]
-    length = value.shape[1]
     if attention_mask is None:
-        return value[:, -1]
-    mask = attention_mask[:, -length:].gt(0)
+        return pool(value, None, LAST_TOKEN)
+    mask = attention_mask[:, -value.shape[1] :]
     # Right-align the mask with the head's input: prepended virtual tokens are never the last one.
-    offset = length - mask.shape[1]
-    positions = torch.arange(1, mask.shape[1] + 1, device=value.device)
-    last = (mask.long() * positions).argmax(1) + offset
-    return value[torch.arange(value.shape[0], device=value.device), last]
+    return pool(value[:, value.shape[1] - mask.shape[1] :], mask, LAST_TOKEN)
 
 
 class HeadInput:
