@@ -103,18 +103,9 @@ def lm_cache_root(home: str | os.PathLike | None = None) -> Path:
 
 
 def _cache_complete(folder: Path, sha256: str) -> bool:
-    from peftshield.utils.io import read_json
+    from peftshield.utils.io import model_cache_complete
 
-    record_path = folder / CACHE_RECORD
-    if not record_path.is_file() or not (folder / "config.json").is_file():
-        return False
-    if not any(p.name.endswith(".safetensors") for p in folder.iterdir()):
-        return False
-    try:
-        record = read_json(record_path)
-    except PeftshieldError:
-        return False
-    return isinstance(record, dict) and record.get("gguf_sha256") == sha256
+    return model_cache_complete(folder, CACHE_RECORD, "gguf_sha256", sha256)
 
 
 def dequantised_smollm2(home: str | os.PathLike | None = None) -> Path:

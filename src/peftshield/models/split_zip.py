@@ -78,16 +78,9 @@ def zip_pieces(spec: SplitZip) -> list[Path]:
 
 
 def _complete(folder: Path, sha256: str) -> bool:
-    from peftshield.utils.io import read_json
+    from peftshield.utils.io import model_cache_complete
 
-    record = folder / CACHE_RECORD
-    if not record.is_file() or not (folder / "config.json").is_file():
-        return False
-    try:
-        data = read_json(record)
-    except PeftshieldError:
-        return False
-    return isinstance(data, dict) and data.get("zip_sha256") == sha256
+    return model_cache_complete(folder, CACHE_RECORD, "zip_sha256", sha256)
 
 
 def _join(pieces: list[Path], target: Path) -> str:

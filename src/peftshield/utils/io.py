@@ -151,3 +151,23 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+def model_cache_complete(folder: Path, record_name: str, key: str, sha256: str) -> bool:
+    """Whether a model folder built once into the cache is complete and built from ``sha256``.
+
+    It must hold ``config.json``, safetensors weights and its build record ``record_name``, whose
+    ``key`` names the sha256 of the source artifact it was built from (a GGUF file, a split zip).
+    Anything else (a folder from an interrupted build, another source, an unreadable record) is
+    incomplete and is rebuilt.
+    """
+    record_path = folder / record_name
+    if not record_path.is_file() or not (folder / "config.json").is_file():
+        return False
+    if not any(p.name.endswith(".safetensors") for p in folder.iterdir()):
+        return False
+    try:
+        record = read_json(record_path)
+    except PeftshieldError:
+        return False
+    return isinstance(record, dict) and record.get(key) == sha256
