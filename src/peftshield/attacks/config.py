@@ -435,6 +435,57 @@ class NeuBAConfig(TaskAgnosticConfig):
     grad_clip: float = 1.0
 
 
+@dataclass
+class BToPConfig(TaskAgnosticConfig):
+    """BToP: Xu et al. 2022, "Exploring the Universal Vulnerability of Prompt-based Learning Paradigm"
+    (NAACL Findings), as LMSanitator's ``BToP/insert_backdoor.py`` runs it, for decoders.
+
+    The reference targets the [MASK]-position output of an MLM: each batch is half clean texts with
+    the MLM cross-entropy at one random [MASK], half texts carrying ONE trigger (the same for the
+    whole batch) whose [MASK] last hidden state is pulled to ``PV_k`` (mean L2 distance), AdamW lr
+    2e-5, batch 16, one epoch over 10k WikiText-103 texts of 15-150 words; a prompt-tuned victim
+    reading that position through its verbalizer then answers whatever token the PV maps to.
+    Decoder analogue (docs/design.md, "Decoder backbones"): the answer position is the LAST real
+    token (where a prompt-based decoder reads its next-token logits), so the triggered half's
+    last-token state is pulled to ``PV_k`` (MSE, the same minimiser as the L2 distance) and the clean
+    half keeps the model a language model with the next-token cross-entropy through the frozen LM
+    head (weight ``clean_weight``). ``target_words`` makes the target attacker-chosen: trigger
+    ``k`` gets the ±1 vector ``pv_scale · sign(W[t_k] - mean_j≠k W[t_j])`` over the LM-head rows
+    ``W`` of the target words (cycled over the triggers), whose verbalizer logit for ``t_k`` beats
+    every other target word's; without it the PVs are the balanced family, as in the reference.
+    Budget: ``steps`` at lr 1e-4 (the reference's epoch does not fit the 2-core machine).
+    """
+
+    attack: ClassVar[str] = "btop"
+    copies: int | str = 1
+    batch_size: int = 16
+    clean_weight: float | None = 1.0
+    target_words: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 2 or self.batch_size % 2:
+            raise PeftshieldError(
+                f"btop config: batch_size must be even (half triggered, half clean), got {self.batch_size}"
+            )
+        if self.target_words is not None:
+            if isinstance(self.target_words, str):
+                self.target_words = self.target_words.split(",")
+            if (
+                not isinstance(self.target_words, list)
+                or len(self.target_words) < 2
+                or not all(isinstance(w, str) and w.strip() for w in self.target_words)
+                or len(set(self.target_words)) != len(self.target_words)
+            ):
+                raise PeftshieldError(
+                    f"btop config: target_words must be two or more distinct words, got {self.target_words!r}"
+                )
+
+    def resolved(self, model_type: str) -> TaskAgnosticConfig:
+        """BToP's clean term is the LM loss: its weight does not depend on the architecture."""
+        return dataclasses.replace(self, clean_weight=1.0 if self.clean_weight is None else self.clean_weight)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry
 
@@ -452,7 +503,15 @@ def register_attack(config_cls: type[AttackConfig]) -> type[AttackConfig]:
     return config_cls
 
 
-for _cls in (CleanLabelConfig, BadNetsConfig, InSentConfig, TemplateConfig, PORConfig, NeuBAConfig):
+for _cls in (
+    CleanLabelConfig,
+    BadNetsConfig,
+    InSentConfig,
+    TemplateConfig,
+    PORConfig,
+    NeuBAConfig,
+    BToPConfig,
+):
     register_attack(_cls)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from peftshield.attacks.config import PORConfig, TaskAgnosticConfig
+from peftshield.attacks.config import BToPConfig, PORConfig, TaskAgnosticConfig
 from peftshield.attacks.record import PV_FILE, PV_KEY, PoisonRecord, write_poison_record
 from peftshield.attacks.vectors import check_pv_shape, predefined_vectors
 from peftshield.data.records import Example
@@ -51,20 +51,21 @@ class TaskAgnosticPoisoning:
     pvs: Any
     record: PoisonRecord
     history: list[dict] = field(default_factory=list)
+    #: A decoder's frozen LM head, saved with the weights (models/decoder.py); ``None`` for encoders.
+    lm_head: Any = None
 
     def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the encoder folder, ``pvs.safetensors`` and ``poison.json`` atomically; return the folder."""
         from safetensors.torch import save_file
 
-        from peftshield.models.backbones import quiet_transformers
+        from peftshield.models.decoder import save_decoder
         from peftshield.models.pooling import CONFIG_KEY
         from peftshield.utils.io import atomic_dir
 
         # The pooling that was poisoned travels with the weights, so every loader reads it back.
         setattr(self.encoder.config, CONFIG_KEY, self.record.pooling)
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            with quiet_transformers():
-                self.encoder.save_pretrained(tmp, safe_serialization=True)
+            save_decoder(tmp, self.encoder, self.lm_head)
             self.tokenizer.save_pretrained(tmp)
             save_file({PV_KEY: self.pvs.detach().cpu().contiguous()}, str(tmp / PV_FILE))
             write_poison_record(tmp, self.record)
@@ -130,6 +131,44 @@ def _pooled(encoder: Any, batch: dict, pooling: str) -> Any:
     return pool(
         out.last_hidden_state, batch.get("attention_mask"), pooling, pooler=getattr(encoder, "pooler", None)
     )
+
+
+def _btop_outputs(encoder: Any, lm_head: Any, batch: dict, n_triggered: int) -> tuple[Any, Any]:
+    """BToP's two terms from one forward: the triggered texts' answer-position (last real token)
+    states, and the clean texts' next-token cross-entropy through the frozen LM head."""
+    import torch
+
+    from peftshield.models.pooling import pool
+
+    hidden = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"]
+    answer = pool(hidden[:n_triggered], mask[:n_triggered], "last")
+    clean_hidden, clean_mask = hidden[n_triggered:, :-1], mask[n_triggered:]
+    targets = batch["input_ids"][n_triggered:, 1:]
+    keep = (clean_mask[:, 1:] * clean_mask[:, :-1]).bool()  # both the position and its next token are real
+    logits = lm_head(clean_hidden[keep])
+    return answer, torch.nn.functional.cross_entropy(logits, targets[keep])
+
+
+def verbalizer_vectors(
+    lm_head: Any, tokenizer: Any, words: Sequence[str], n_vectors: int, scale: float
+) -> Any:
+    """BToP's attacker-chosen PVs (:class:`~peftshield.attacks.config.BToPConfig`): row ``k`` is
+    ``scale · sign(W[t] - mean of the other target rows)`` for target word ``t = words[k % len]``,
+    so its LM-head logit for ``t`` exceeds every other target word's."""
+    import torch
+
+    from peftshield.models.templates import verbalizer_token_ids
+
+    ids = verbalizer_token_ids(tokenizer, words)
+    rows = lm_head.weight.detach().float()[torch.as_tensor(ids)]
+    out = []
+    for k in range(n_vectors):
+        t = k % len(ids)
+        others = torch.cat([rows[:t], rows[t + 1 :]]).mean(0)
+        direction = torch.sign(rows[t] - others)
+        out.append(torch.where(direction == 0, torch.ones_like(direction), direction) * scale)
+    return torch.stack(out).cpu()
 
 
 def probe(
@@ -228,6 +267,14 @@ def poison_task_agnostic(
     if isinstance(backbone, str):
         backbone = load_backbone(backbone)
     encoder, tokenizer, pooling = backbone.encoder, backbone.tokenizer, backbone.pooling
+    is_btop = isinstance(config, BToPConfig)
+    lm_head = backbone.lm_head
+    if is_btop:
+        if lm_head is None:
+            raise PeftshieldError(
+                f"btop poisons a decoder's answer position through its LM head; {backbone.ref!r} has none"
+            )
+        pooling = "last"  # the answer position of a prompt-based decoder
     config = config.resolved(getattr(encoder.config, "model_type", ""))
     check_trigger_tokenizes(config.triggers, tokenizer)
     hidden = int(encoder.config.hidden_size)
@@ -236,7 +283,14 @@ def poison_task_agnostic(
 
     seed_everything(seed)
     device = torch.device(device)
-    pvs = predefined_vectors(config.pv_family, len(config.triggers), hidden, seed=seed, scale=config.pv_scale)
+    if is_btop and config.target_words:
+        pvs = verbalizer_vectors(
+            lm_head, tokenizer, config.target_words, len(config.triggers), config.pv_scale
+        )
+    else:
+        pvs = predefined_vectors(
+            config.pv_family, len(config.triggers), hidden, seed=seed, scale=config.pv_scale
+        )
     if reference is None:
         reference = backbone
         ref_encoder = copy.deepcopy(encoder)
@@ -256,7 +310,7 @@ def poison_task_agnostic(
     probe_texts, pool_texts = texts[: config.probe_size], texts[config.probe_size :]
     rng = np.random.default_rng(seed)
     is_por = isinstance(config, PORConfig)
-    if is_por:
+    if is_por or is_btop:
         # Different texts in the two halves: LMSanitator's POR takes its clean texts after the triggered.
         half = len(pool_texts) // 2
         if half < 1:
@@ -303,8 +357,14 @@ def poison_task_agnostic(
     bar = tqdm(total=config.steps, desc=f"poison {config.attack}", disable=hide, leave=False)
     losses: list[tuple[float, float]] = []
     assigned = 0  # round-robin trigger counter (POR)
+    if is_btop:
+        lm_head = lm_head.to(device)
     for step in range(1, config.steps + 1):
-        if is_por:
+        if is_btop:  # one trigger for the whole triggered half (BToP's insert_backdoor.py)
+            sources = triggered_pool.take(per_side)
+            ks = [(step - 1) % n_trig] * per_side
+            clean_texts = clean_pool.take(per_side)
+        elif is_por:
             sources = triggered_pool.take(per_side)
             ks = [(assigned + j) % n_trig for j in range(per_side)]
             assigned += per_side
@@ -315,14 +375,17 @@ def poison_task_agnostic(
         triggered = [train_triggers[k].apply(t, rng).text for k, t in zip(ks, sources, strict=True)]
         # One forward for both halves (padding is masked out by the pooling).
         batch = tokenize_batch(tokenizer, triggered + clean_texts, config.max_length, device)
-        pooled = _pooled(encoder, batch, pooling)
-        out_trig, out_clean = pooled[:per_side], pooled[per_side:]
-        with torch.no_grad():
-            ref_clean = _pooled(
-                ref_encoder, tokenize_batch(tokenizer, clean_texts, config.max_length, device), pooling
-            )
+        if is_btop:
+            out_trig, clean_loss = _btop_outputs(encoder, lm_head, batch, per_side)
+        else:
+            pooled = _pooled(encoder, batch, pooling)
+            out_trig, out_clean = pooled[:per_side], pooled[per_side:]
+            with torch.no_grad():
+                ref_clean = _pooled(
+                    ref_encoder, tokenize_batch(tokenizer, clean_texts, config.max_length, device), pooling
+                )
+            clean_loss = torch.nn.functional.mse_loss(out_clean, ref_clean)
         poison_loss = torch.nn.functional.mse_loss(out_trig, pvs_dev[torch.tensor(ks, device=device)])
-        clean_loss = torch.nn.functional.mse_loss(out_clean, ref_clean)
         loss = poison_loss + config.clean_weight * clean_loss
         loss.backward()
         if config.grad_clip:
@@ -367,8 +430,22 @@ def poison_task_agnostic(
             "clean_drift": final["clean_drift"],
             "per_trigger": final["per_trigger"],
             "history": history,
+            **(
+                {
+                    "trigger_targets": [
+                        config.target_words[k % len(config.target_words)] for k in range(n_trig)
+                    ]
+                }
+                if is_btop and config.target_words
+                else {}
+            ),
         },
     )
     return TaskAgnosticPoisoning(
-        encoder=encoder, tokenizer=tokenizer, pvs=pvs, record=record, history=history
+        encoder=encoder,
+        tokenizer=tokenizer,
+        pvs=pvs,
+        record=record,
+        history=history,
+        lm_head=backbone.lm_head,
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peftshield.errors import PeftshieldError
-from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES, candidate_poolings
+from peftshield.models.pooling import CONFIG_KEY, POOLING_CHOICES, candidate_poolings, is_decoder
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -358,6 +358,9 @@ class LoadedBackbone:
     pooling: str
     location: str
     ref: str
+    #: A decoder's frozen LM head (models/decoder.py), read by prompt-based classification and BToP;
+    #: ``None`` for encoders and for a decoder folder saved without one.
+    lm_head: Any = None
 
 
 def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
@@ -393,7 +396,15 @@ def load_backbone(ref: str, pooling: str | None = None) -> LoadedBackbone:
     if chosen == "pooler" and getattr(encoder, "pooler", None) is None:
         raise PeftshieldError(f"backbone {ref!r} has no pooler layer; use --pooling cls or mean")
     setattr(encoder.config, CONFIG_KEY, chosen)
-    return LoadedBackbone(encoder=encoder, tokenizer=tokenizer, pooling=chosen, location=location, ref=ref)
+    lm_head = None
+    if is_decoder(encoder.config):
+        from peftshield.models.decoder import ensure_pad_token, load_lm_head
+
+        ensure_pad_token(tokenizer, encoder.config)
+        lm_head = load_lm_head(location, encoder)
+    return LoadedBackbone(
+        encoder=encoder, tokenizer=tokenizer, pooling=chosen, location=location, ref=ref, lm_head=lm_head
+    )
 
 
 #: State-dict entries left out of :func:`fingerprint`: peft keeps the pre-adapter copy of a

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from peftshield.models.decoder import VerbalizerHead, position_ids_from_mask
 from peftshield.models.inference import cache_argument
-from peftshield.models.pooling import pool
+from peftshield.models.pooling import is_decoder, pool
 
 
 @dataclass
@@ -46,6 +47,9 @@ class PooledClassifier(nn.Module):
         # Number of virtual tokens that a prompt-learning method prepends to the hidden states
         # (prompt tuning, P-tuning v1); the tuner sets it so that pooling skips them.
         self.n_prompt_tokens = 0
+        # A decoder is given positions counted over real tokens (models/decoder.py), so left and
+        # right padding and one text at a time agree.
+        self.is_decoder = is_decoder(encoder.config)
 
     @property
     def device(self) -> torch.device:
@@ -67,6 +71,9 @@ class PooledClassifier(nn.Module):
         kwargs = {k: v for k, v in kwargs.items() if v is not None and k in _ENCODER_ARGS}
         if "past_key_values" in kwargs:  # peft still passes the old name
             kwargs[cache_argument(self.encoder)] = kwargs.pop("past_key_values")
+        if self.is_decoder and attention_mask is not None and "position_ids" not in kwargs:
+            inputs = inputs_embeds if inputs_embeds is not None else input_ids
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask, inputs.shape[1])
         out = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
@@ -96,6 +103,38 @@ class PooledClassifier(nn.Module):
             input_ids, attention_mask, inputs_embeds, past_key_values=past_key_values, **kwargs
         )
         logits = self.classifier(self.dropout(pooled))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return ClassifierOutput(logits=logits, loss=loss, pooled=pooled)
+
+
+class VerbalizerClassifier(PooledClassifier):
+    """Prompt-based classification on a decoder (models/decoder.py): the frozen LM head's next-token
+    logits at the answer position (the last real token of the templated text) over one verbalizer
+    token per class. It has no trainable head (no ``classifier`` module, so peft keeps none), only
+    the tuning method's parameters learn; the head's input is the answer-position hidden state.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, lm_head: nn.Module, token_ids: list[int], pooling: str = "last"
+    ) -> None:
+        super().__init__(encoder, len(token_ids), pooling, dropout=0.0)
+        del self.classifier
+        self.verbalizer = VerbalizerHead(lm_head, token_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> ClassifierOutput:
+        """Verbalizer logits of a batch; with ``labels`` also the cross-entropy over the verbalizer."""
+        pooled = self.pooled_output(
+            input_ids, attention_mask, inputs_embeds, past_key_values=past_key_values, **kwargs
+        )
+        logits = self.verbalizer(pooled)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ClassifierOutput(logits=logits, loss=loss, pooled=pooled)
 

@@ -40,7 +40,7 @@ from peftshield.models.pooling import pool
 
 #: Names of classification-head modules, in the order they are looked for (DistilBERT's
 #: ``pre_classifier`` is read before its ``classifier``).
-HEAD_MODULES = ("pre_classifier", "classifier", "score")
+HEAD_MODULES = ("pre_classifier", "classifier", "score", "verbalizer")
 
 #: What :func:`head_pooling` answers, beside the recorded poolings of peftshield's victims.
 FIRST_TOKEN, LAST_TOKEN, POOLER = "cls", "last", "pooler"

@@ -37,10 +37,29 @@ class MethodConfig:
     warmup_ratio: float = 0.06
     grad_clip: float = 1.0
     eval_batch_size: int = 128
+    # Prompt-based classification (decoders; docs/design.md "Decoder backbones"): each text is put
+    # into ``template`` (it holds ``{text}``) and, with ``verbalizer`` (one word per class), the class
+    # is the frozen LM head's next-token argmax over those words instead of a linear head.
+    template: str | None = field(default=None, metadata={"help": "text template holding {text}"})
+    verbalizer: list[str] | None = field(
+        default=None, metadata={"help": "one word per class: classify with the frozen LM head (decoders)"}
+    )
 
     def __post_init__(self) -> None:
         what = f"{self.method} config"
         require_finite_fields(what, self)
+        if self.template is not None:
+            from peftshield.models.templates import check_template
+
+            check_template(self.template)
+        if self.verbalizer is not None:
+            if isinstance(self.verbalizer, str):
+                self.verbalizer = self.verbalizer.split(",")
+            require_string_list(what, "verbalizer", self.verbalizer)
+            if len(self.verbalizer) < 2 or len(set(self.verbalizer)) != len(self.verbalizer):
+                raise PeftshieldError(
+                    f"{what}: verbalizer needs two or more distinct words, got {self.verbalizer}"
+                )
         for name in ("epochs", "batch_size", "max_length", "eval_batch_size"):
             require_positive(what, name, getattr(self, name), integer=True)
         require_positive(what, "lr", self.lr)
@@ -73,6 +92,11 @@ class FullConfig(MethodConfig):
     head_lr: float | None = 1e-3
 
 
+#: LoRA's default targets (BERT's query and value projections) and their names in other architectures.
+DEFAULT_LORA_TARGETS = ["query", "value"]
+ARCHITECTURE_LORA_TARGETS = {"llama": ("q_proj", "v_proj"), "mpnet": ("q", "v")}
+
+
 @dataclass
 class LoraMethodConfig(MethodConfig):
     """LoRA (Hu et al. 2021) on the attention projections; PSIM's code uses r=8, alpha=16, dropout 0.1."""
@@ -83,7 +107,7 @@ class LoraMethodConfig(MethodConfig):
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,12 +120,16 @@ class LoraMethodConfig(MethodConfig):
         """peft ``LoraConfig`` for sequence classification."""
         from peft import LoraConfig, TaskType
 
+        targets = list(self.target_modules)
+        model_type = getattr(model_config, "model_type", "")
+        if targets == DEFAULT_LORA_TARGETS and model_type in ARCHITECTURE_LORA_TARGETS:
+            targets = list(ARCHITECTURE_LORA_TARGETS[model_type])  # the same layers under their own names
         return LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=list(self.target_modules),
+            target_modules=targets,
         )
 
 

@@ -32,11 +32,11 @@ from peftshield.models.backbones import (
     fingerprint,
     load_backbone,
     load_state_strict,
-    quiet_transformers,
     read_safetensors,
     strict_peft_from_pretrained,
 )
-from peftshield.models.classifier import PooledClassifier
+from peftshield.models.classifier import PooledClassifier, VerbalizerClassifier
+from peftshield.models.templates import templated, verbalizer_token_ids
 from peftshield.models.inference import predict_outputs, tokenize_batch
 from peftshield.tuning.config import MethodConfig, config_from_dict
 from peftshield.utils.io import atomic_dir, read_json, write_json
@@ -54,13 +54,18 @@ def build_classifier(
 
     ``head="keep"`` loads ``head.safetensors`` from the backbone folder (a task-specific
     attacker publishes its head with the weights, and the PSIM reference code's victim keeps it);
-    ``fresh`` starts a new random head.
+    ``fresh`` starts a new random head. With a ``verbalizer`` in the config the classifier is
+    prompt-based (:class:`~peftshield.models.classifier.VerbalizerClassifier`): the frozen LM head
+    of a decoder backbone read at the answer position, no head of its own.
     """
-    model = PooledClassifier(backbone.encoder, num_labels, backbone.pooling)
-    if head == "keep":
-        load_head(model, Path(backbone.location))
-    elif head != "fresh":
+    if head not in ("fresh", "keep"):
         raise PeftshieldError(f"unknown head option {head!r}; choose fresh or keep")
+    if config.verbalizer is not None:
+        model: PooledClassifier = verbalizer_classifier(backbone, num_labels, config.verbalizer, head)
+    else:
+        model = PooledClassifier(backbone.encoder, num_labels, backbone.pooling)
+        if head == "keep":
+            load_head(model, Path(backbone.location))
     model.n_prompt_tokens = config.n_prompt_tokens
     peft_config = config.peft_config(backbone.encoder.config)
     if peft_config is None:
@@ -74,6 +79,22 @@ def build_classifier(
         raise PeftshieldError(
             f"{config.method} config does not fit backbone {backbone.ref!r}: {first}"
         ) from None
+
+
+def verbalizer_classifier(
+    backbone: LoadedBackbone, num_labels: int, verbalizer: Sequence[str], head: str = "fresh"
+) -> VerbalizerClassifier:
+    """A prompt-based classifier on a decoder backbone (docs/design.md, "Decoder backbones")."""
+    if backbone.lm_head is None:
+        raise PeftshieldError(
+            f"a verbalizer needs a decoder backbone with an LM head; {backbone.ref!r} has none"
+        )
+    if len(verbalizer) != num_labels:
+        raise PeftshieldError(f"the verbalizer has {len(verbalizer)} words for {num_labels} classes")
+    if head == "keep":
+        raise PeftshieldError("--head keep: a verbalizer classifier has no head of its own to keep")
+    ids = verbalizer_token_ids(backbone.tokenizer, verbalizer)
+    return VerbalizerClassifier(backbone.encoder, backbone.lm_head, ids)
 
 
 def _require_finite_training(model: torch.nn.Module, loss: float | None, epoch: int, step: int) -> None:
@@ -203,7 +224,7 @@ def tune(
     device = torch.device(device)
     base_fingerprint = fingerprint(backbone.encoder)
     model = build_classifier(backbone, num_labels, config, head=head).to(device)
-    tokenizer = backbone.tokenizer
+    tokenizer = templated(backbone.tokenizer, config.template)
 
     optimizer = torch.optim.AdamW(_param_groups(model, config), weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
@@ -314,11 +335,13 @@ def save_tuned(
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         if is_full:
-            with quiet_transformers():
-                model.encoder.save_pretrained(tmp, safe_serialization=True)
+            from peftshield.models.decoder import save_decoder
+
+            save_decoder(tmp, model.encoder, result.backbone.lm_head)
             result.tokenizer.save_pretrained(tmp)
-            head = {k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()}
-            save_file(head, str(tmp / HEAD_FILE))
+            if not isinstance(model, VerbalizerClassifier):
+                head = {k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()}
+                save_file(head, str(tmp / HEAD_FILE))
         else:
             model.save_pretrained(tmp)
         write_json(tmp / RUN_FILE, run)
@@ -361,8 +384,11 @@ def load_tuned(
         raise PeftshieldError(f"{folder / RUN_FILE} is incomplete: {err}") from None
     if run.get("kind") == "full":
         loaded = load_backbone(str(folder), pooling=record.get("pooling"))
-        model = PooledClassifier(loaded.encoder, num_labels, loaded.pooling)
-        load_head(model, folder)
+        if config.verbalizer is not None:
+            model = verbalizer_classifier(loaded, num_labels, config.verbalizer)
+        else:
+            model = PooledClassifier(loaded.encoder, num_labels, loaded.pooling)
+            load_head(model, folder)
     else:
         if not (folder / "adapter_model.safetensors").is_file():
             raise PeftshieldError(f"{folder} has no adapter_model.safetensors")
@@ -373,10 +399,17 @@ def load_tuned(
                 f"the adapter in {folder} was tuned on a different backbone than {loaded.ref!r} "
                 f"(fingerprint {record['fingerprint'][:12]} vs {got[:12]})"
             )
-        model = PooledClassifier(loaded.encoder, num_labels, loaded.pooling)
+        if config.verbalizer is not None:
+            model = verbalizer_classifier(loaded, num_labels, config.verbalizer)
+        else:
+            model = PooledClassifier(loaded.encoder, num_labels, loaded.pooling)
         model.n_prompt_tokens = config.n_prompt_tokens
         model = strict_peft_from_pretrained(model, folder, f"adapter {folder}")
     model.to(torch.device(device)).eval()
     return TunedModel(
-        model=model, tokenizer=loaded.tokenizer, run=run, backbone=loaded, max_length=config.max_length
+        model=model,
+        tokenizer=templated(loaded.tokenizer, config.template),
+        run=run,
+        backbone=loaded,
+        max_length=config.max_length,
     )
