@@ -138,6 +138,7 @@ class VerbalizerHead(nn.Module):
             self.bias = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Verbalizer logits ``(batch, classes)`` of answer-position states ``(batch, hidden)``."""
         logits = hidden @ self.rows.to(hidden.dtype).T
         return logits if self.bias is None else logits + self.bias
 

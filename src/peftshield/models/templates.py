@@ -112,6 +112,7 @@ class TemplatedTokenizer:
         return out
 
     def __call__(self, texts: Any, *args: Any, **kwargs: Any) -> Any:
+        """Tokenise the templated texts (the wrapped tokenizer's arguments and result)."""
         single = isinstance(texts, str)
         raw = [texts] if single else list(texts)
         if kwargs.get("truncation") and kwargs.get("max_length"):

@@ -36,8 +36,8 @@ from peftshield.models.backbones import (
     strict_peft_from_pretrained,
 )
 from peftshield.models.classifier import PooledClassifier, VerbalizerClassifier
-from peftshield.models.templates import templated, verbalizer_token_ids
 from peftshield.models.inference import predict_outputs, tokenize_batch
+from peftshield.models.templates import templated, verbalizer_token_ids
 from peftshield.tuning.config import MethodConfig, config_from_dict
 from peftshield.utils.io import atomic_dir, read_json, write_json
 from peftshield.utils.runinfo import run_metadata
