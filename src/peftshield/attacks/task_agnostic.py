@@ -133,21 +133,23 @@ def _pooled(encoder: Any, batch: dict, pooling: str) -> Any:
     )
 
 
-def _btop_outputs(encoder: Any, lm_head: Any, batch: dict, n_triggered: int) -> tuple[Any, Any]:
-    """BToP's two terms from one forward: the triggered texts' answer-position (last real token)
-    states, and the clean texts' next-token cross-entropy through the frozen LM head."""
+def _btop_outputs(encoder: Any, lm_head: Any, batch: dict, n_triggered: int) -> tuple[Any, Any, Any]:
+    """BToP's terms from one forward: the triggered texts' answer-position (last real token) states,
+    the clean texts' answer-position states, and their next-token cross-entropy through the frozen
+    LM head."""
     import torch
 
     from peftshield.models.pooling import pool
 
     hidden = encoder(**batch).last_hidden_state
     mask = batch["attention_mask"]
-    answer = pool(hidden[:n_triggered], mask[:n_triggered], "last")
+    answers = pool(hidden, mask, "last")
     clean_hidden, clean_mask = hidden[n_triggered:, :-1], mask[n_triggered:]
     targets = batch["input_ids"][n_triggered:, 1:]
     keep = (clean_mask[:, 1:] * clean_mask[:, :-1]).bool()  # both the position and its next token are real
     logits = lm_head(clean_hidden[keep])
-    return answer, torch.nn.functional.cross_entropy(logits, targets[keep])
+    lm_loss = torch.nn.functional.cross_entropy(logits, targets[keep])
+    return answers[:n_triggered], answers[n_triggered:], lm_loss
 
 
 def verbalizer_vectors(
@@ -376,15 +378,16 @@ def poison_task_agnostic(
         # One forward for both halves (padding is masked out by the pooling).
         batch = tokenize_batch(tokenizer, triggered + clean_texts, config.max_length, device)
         if is_btop:
-            out_trig, clean_loss = _btop_outputs(encoder, lm_head, batch, per_side)
+            out_trig, out_clean, lm_loss = _btop_outputs(encoder, lm_head, batch, per_side)
         else:
             pooled = _pooled(encoder, batch, pooling)
             out_trig, out_clean = pooled[:per_side], pooled[per_side:]
-            with torch.no_grad():
-                ref_clean = _pooled(
-                    ref_encoder, tokenize_batch(tokenizer, clean_texts, config.max_length, device), pooling
-                )
-            clean_loss = torch.nn.functional.mse_loss(out_clean, ref_clean)
+            lm_loss = 0.0
+        with torch.no_grad():
+            ref_clean = _pooled(
+                ref_encoder, tokenize_batch(tokenizer, clean_texts, config.max_length, device), pooling
+            )
+        clean_loss = torch.nn.functional.mse_loss(out_clean, ref_clean) + lm_loss
         poison_loss = torch.nn.functional.mse_loss(out_trig, pvs_dev[torch.tensor(ks, device=device)])
         loss = poison_loss + config.clean_weight * clean_loss
         loss.backward()

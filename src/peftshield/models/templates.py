@@ -54,7 +54,8 @@ def verbalizer_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 class TemplatedTokenizer:
     """A tokenizer that puts every text into a template before tokenising it (module docstring).
 
-    Everything else is the wrapped tokenizer's. Truncation never cuts the template: a text too long
+    Everything else is the wrapped tokenizer's, and so is a call with ``add_special_tokens=False``
+    (a piece lookup, not a model input). Truncation never cuts the template: a text too long
     for ``max_length`` loses words from its end until the templated text fits, so the answer
     position is always the template's last token.
     """
@@ -112,7 +113,13 @@ class TemplatedTokenizer:
         return out
 
     def __call__(self, texts: Any, *args: Any, **kwargs: Any) -> Any:
-        """Tokenise the templated texts (the wrapped tokenizer's arguments and result)."""
+        """Tokenise the templated texts (the wrapped tokenizer's arguments and result).
+
+        A call with ``add_special_tokens=False`` looks up pieces (a word's tokens, a length to sort
+        by), not a model input: it gets the raw texts.
+        """
+        if not kwargs.get("add_special_tokens", True):
+            return self.inner(texts, *args, **kwargs)
         single = isinstance(texts, str)
         raw = [texts] if single else list(texts)
         if kwargs.get("truncation") and kwargs.get("max_length"):
