@@ -80,7 +80,7 @@ def test_random_and_orthogonal_pvs():
 
 
 def test_attack_configs_validate_and_round_trip():
-    assert set(ATTACKS) == {"clean-label", "badnets", "insent", "template", "por", "neuba"}
+    assert set(ATTACKS) == {"clean-label", "badnets", "insent", "template", "por", "neuba", "btop"}
     for name in ATTACKS:
         config = attack_config(name)
         assert attack_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config

@@ -274,30 +274,58 @@ def test_monitor_flags_and_purge_removes_btop_triggers_at_the_answer_position(pr
     assert sum(r.cleared and "mn" in r.removed for r in results) >= 18
 
 
-def _scan(folder: str, pooling=None):
+MINING = {
+    "n_texts": 96,
+    "n_verify": 32,
+    "batch_size": 32,
+    "max_length": 24,
+    "steps": 40,
+    "lr": 0.01,
+    "patience": 15,
+}
+
+
+def _mining_texts() -> list[str]:
+    return [e.text for e in toy_examples(200, seed=7)]
+
+
+@pytest.fixture(scope="module")
+def decoder_thresholds(tmp_path_factory):
+    """Scan thresholds for the tiny Llama: ``max_gap`` calibrated on a clean tiny Llama of ANOTHER
+    seed (never a model under test). ``min_distance`` is 1, not the tiny BERT's 20: a decoder's
+    last-token state is RMS-normalised, and on the tiny Llama the miner's distances are 8-9 on
+    clean and 2.7-6 on backdoored backbones, so the distance rule cannot be the separating one
+    there; the gap is (clean 0.13-0.19, backdoored below 0.001)."""
+    from peftshield.defenses.lmsanitator.calibration import calibrate_thresholds
     from peftshield.defenses.lmsanitator.filtering import FilterThresholds
+    from peftshield.defenses.lmsanitator.mining import MiningConfig
+
+    other = str(build_tiny_llama(tmp_path_factory.mktemp("calib") / "clean1", seed=1))
+    result = calibrate_thresholds(
+        [other],
+        _mining_texts(),
+        config=MiningConfig(**MINING),
+        attempts=2,
+        base=FilterThresholds(max_gap=0.1, min_distance=1.0),
+    )
+    return result.thresholds
+
+
+def _scan(folder: str, thresholds, pooling=None):
     from peftshield.defenses.lmsanitator.mining import MiningConfig
     from peftshield.defenses.lmsanitator.scan import scan
 
-    texts = [e.text for e in toy_examples(200, seed=7)]
-    config = MiningConfig(
-        n_texts=96, n_verify=32, batch_size=32, max_length=24, steps=40, lr=0.01, patience=15
-    )
-    thresholds = FilterThresholds(max_gap=0.1, min_distance=20.0)
-    return scan(folder, texts, config=config, thresholds=thresholds, attempts=3, pooling=pooling)
+    config = MiningConfig(**MINING)
+    return scan(folder, _mining_texts(), config=config, thresholds=thresholds, attempts=3, pooling=pooling)
 
 
-def test_the_scan_reads_a_decoder_folder_with_its_lm_head(btop):
-    result = _scan(btop)
-    assert result.poolings == ("last", "mean")
-    assert all(v.attempts >= 1 and v.score is not None for v in result.vectors.values())
-
-
-@pytest.mark.xfail(
-    reason="not yet: the miner finds no PV of the tiny-Llama BToP backbone (score -1.7, 3 attempts)"
-)
-def test_scan_finds_the_btop_pv_on_the_decoder_folder(btop):
-    assert _scan(btop, pooling="last").backdoored
+def test_the_scan_flags_btop_and_por_decoders_and_passes_a_clean_one(btop, por, llama, decoder_thresholds):
+    assert 0 < decoder_thresholds.max_gap < 0.13
+    result = _scan(btop, decoder_thresholds)
+    assert result.poolings == ("last", "mean") and result.backdoored
+    assert _scan(por, decoder_thresholds, pooling="last").backdoored
+    clean = _scan(llama, decoder_thresholds)
+    assert not clean.backdoored and all(v.attempts == 3 for v in clean.vectors.values())
 
 
 @pytest.fixture(scope="module")
