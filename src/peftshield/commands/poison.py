@@ -106,7 +106,7 @@ def build_config(args: argparse.Namespace):
     cls = ATTACKS[args.attack]
     overrides = parse_overrides(args.set, args.config)
     if args.triggers is not None:
-        if args.attack not in ("por", "neuba", "badnets", "clean-label"):
+        if args.attack not in ("por", "neuba", "btop", "badnets", "clean-label"):
             key = "sentence" if args.attack == "insent" else "prefix"
             raise PeftshieldError(
                 f"--triggers takes rare words; set the {args.attack} trigger with --set {key}=..."
