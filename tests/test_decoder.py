@@ -371,6 +371,18 @@ def test_psim_fits_a_random_label_module_on_a_decoder_with_either_head(badnets, 
     assert type(inner).__name__ == ("VerbalizerClassifier" if head == "verbalizer" else "PooledClassifier")
 
 
+def test_psim_for_a_prompt_based_victim_reads_its_verbalizer(prompt_victim, tmp_path):
+    from peftshield.defenses.psim import PSIMDetector
+
+    folder = save_tuned(prompt_victim, tmp_path / "victim")
+    detector = PSIMDetector.for_victim(
+        str(folder), method="lora", config={"max_length": 32}, threshold="calibrated"
+    )
+    assert detector.config["verbalizer"] == PROMPT["verbalizer"] and detector.head == "fresh"
+    detector.fit([e.text for e in toy_examples(120, seed=4)])
+    assert type(detector.module_.model.get_base_model()).__name__ == "VerbalizerClassifier"
+
+
 @pytest.mark.xfail(
     reason="not yet: on the tiny-Llama BadNets model PSIM's AUROC is 0.40-0.42 (LoRA, either head)"
 )

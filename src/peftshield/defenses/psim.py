@@ -287,7 +287,8 @@ class PSIMDetector(Detector):
         of the victim's number of classes reading the vector the victim's head reads
         (:mod:`peftshield.models.representation`). ``victim`` is any form
         :func:`peftshield.defenses.victim.load_victim` accepts (``base`` overrides an adapter's
-        base); ``params`` are the other constructor parameters. The fitted detector records the
+        base); ``params`` are the other constructor parameters (a prompt-based victim's template and
+        verbalizer join ``config``). The fitted detector records the
         base's fingerprint, and the guard refuses it beside a victim on another base.
         """
         from peftshield.defenses.victim import load_victim
@@ -300,6 +301,13 @@ class PSIMDetector(Detector):
             )
         params.setdefault("num_labels", loaded.num_labels)
         params.setdefault("pooling", loaded.head_pooling)
+        # A prompt-based decoder victim: the module reads the same template and verbalizer
+        # (docs/design.md, "Decoder backbones"); it has no head to keep.
+        recorded = loaded.run.get("config") or {}
+        prompt = {k: recorded[k] for k in ("template", "verbalizer") if recorded.get(k) is not None}
+        if prompt:
+            params["config"] = {**prompt, **(params.get("config") or {})}
+            params.setdefault("head", "fresh")
         return cls(backbone=loaded.base, **params)
 
     # -- parameters ----------------------------------------------------------------------------------

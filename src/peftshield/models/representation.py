@@ -11,7 +11,8 @@ The rule, written once here:
 - **RoBERTa, MPNet and other first-token heads** (DeBERTa, ELECTRA, DistilBERT ...): the first
   token's last hidden state, which the head's own dense + tanh then reads;
 - **Llama family** (every classifier whose head is called ``score`` and is applied to every
-  position): the last non-padding token.
+  position): the last non-padding token; peftshield's prompt-based decoders (head ``verbalizer``,
+  the frozen LM head's verbalizer rows) read the same position, the answer position.
 
 How it is read: the head module (``pre_classifier``, ``classifier`` or ``score``, the outermost
 one, so a peft ``modules_to_save`` wrapper counts) is hooked during the victim's ordinary forward
