@@ -452,10 +452,11 @@ class BToPConfig(TaskAgnosticConfig):
     head plus, as in POR, the MSE of its answer-position state to the clean reference's (together
     weighted ``clean_weight``). The second term is ours: a decoder's last position has no next
     token in the text, so the cross-entropy alone leaves the clean answer state free, and on the
-    tiny test Llama it collapsed onto the PVs (every clean text flagged by the monitor). ``target_words`` makes the target attacker-chosen: trigger
+    tiny test Llama it collapsed onto the PVs (every clean text flagged by the monitor).
+    ``target_words`` makes the target attacker-chosen: trigger
     ``k`` gets the ±1 vector ``pv_scale · sign(W[t_k] - mean_j≠k W[t_j])`` over the LM-head rows
     ``W`` of the target words (cycled over the triggers), whose verbalizer logit for ``t_k`` beats
-    every other target word's; without it the PVs are the balanced family, as in the reference.
+    the mean of the other target words' (each other one's when there are two); without it the PVs are the balanced family, as in the reference.
     Budget: ``steps`` at lr 1e-4 (the reference's epoch does not fit the 2-core machine).
     """
 

@@ -157,7 +157,8 @@ def verbalizer_vectors(
 ) -> Any:
     """BToP's attacker-chosen PVs (:class:`~peftshield.attacks.config.BToPConfig`): row ``k`` is
     ``scale · sign(W[t] - mean of the other target rows)`` for target word ``t = words[k % len]``,
-    so its LM-head logit for ``t`` exceeds every other target word's."""
+    so its LM-head logit for ``t`` exceeds the mean of the other target words' (each other
+    one's when there are two)."""
     import torch
 
     from peftshield.models.templates import verbalizer_token_ids
