@@ -456,7 +456,8 @@ class BToPConfig(TaskAgnosticConfig):
     ``target_words`` makes the target attacker-chosen: trigger
     ``k`` gets the ±1 vector ``pv_scale · sign(W[t_k] - mean_j≠k W[t_j])`` over the LM-head rows
     ``W`` of the target words (cycled over the triggers), whose verbalizer logit for ``t_k`` beats
-    the mean of the other target words' (each other one's when there are two); without it the PVs are the balanced family, as in the reference.
+    the mean of the other target words' (each other one's when there are two);
+    without it the PVs are the balanced family, as in the reference.
     Budget: ``steps`` at lr 1e-4 (the reference's epoch does not fit the 2-core machine).
     """
 
