@@ -155,6 +155,9 @@ def test_left_padding_with_virtual_tokens_needs_positions_from_the_mask(llama):
     result.tokenizer.padding_side = "left"
     texts = ["good", "the movie was very very long and bad and the plot was dull"]
     one = np.stack([predict_outputs(result.model, result.tokenizer, [t])[0][0] for t in texts])
+    from peftshield.models.victims import needs_equal_length
+
+    assert not needs_equal_length(result.model)  # so victims batch it with padding
     result.model.get_base_model().is_decoder = False  # the default positions (0, 1, 2 ... over pads)
     batch = predict_outputs(result.model, result.tokenizer, texts, batch_size=2)[0]
     assert np.abs(batch - one).max() > 1e-4

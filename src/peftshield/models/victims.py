@@ -258,9 +258,13 @@ def _peft_type(model: Any) -> str | None:
 
 
 def needs_equal_length(model: Any) -> bool:
-    """Whether ``model`` must be batched without padding: a left-padded decoder with virtual tokens."""
-    from peftshield.models.representation import padding_side
+    """Whether ``model`` must be batched without padding: a left-padded decoder with virtual tokens
+    (not peftshield's own classifiers, which take their positions from the attention mask)."""
+    from peftshield.models.classifier import PooledClassifier
+    from peftshield.models.representation import padding_side, unwrap
 
+    if isinstance(unwrap(model), PooledClassifier):
+        return False
     return _peft_type(model) in ("PROMPT_TUNING", "P_TUNING") and padding_side(model) == "left"
 
 
