@@ -194,24 +194,24 @@ def test_full_fine_tuning_budgets_are_cells_of_their_own(tmp_path, tiny_bert, to
         "defenses": ["none"],
     }
     spec = validate_grid(json.loads(json.dumps(grid)))
-    assert [m.label for m in spec.methods] == ["full", "full-lr0.001x2"]
+    assert [m.label for m in spec.methods] == ["full", "full-lr1e-3x2"]
     assert spec.methods[1].config["lr"] == 1e-3 and spec.methods[1].config["epochs"] == 2
     assert spec.methods[1].config["batch_size"] == 16  # the base entry's config under the budget
     results = tmp_path / "results"
     assert main(["bench", "run", write_grid(tmp_path, grid), "--results", str(results), "--quiet"]) == 0
     rows = {r["method"]: r for r in json.loads((results / "grid.json").read_text())["rows"]}
-    assert set(rows) == {"full", "full-lr0.001x2"}
-    assert rows["full-lr0.001x2"]["config"]["method"]["config"]["epochs"] == 2
+    assert set(rows) == {"full", "full-lr1e-3x2"}
+    assert rows["full-lr1e-3x2"]["config"]["method"]["config"]["epochs"] == 2
     assert rows["full"]["config"]["method"]["config"]["epochs"] == 1
-    assert rows["full"]["stages"]["victim"]["key"] != rows["full-lr0.001x2"]["stages"]["victim"]["key"]
+    assert rows["full"]["stages"]["victim"]["key"] != rows["full-lr1e-3x2"]["stages"]["victim"]["key"]
     for row in rows.values():
         assert 0.0 <= row["cacc"] <= 1.0 and row["trainable_params"] > 0
 
     # --only runs the cells it names, and grid.json lists those
     only = tmp_path / "only"
     args = ["bench", "run", write_grid(tmp_path, grid), "--results", str(only), "--quiet"]
-    assert main([*args, "--only", "*/full-lr0.001x2/*"]) == 0
-    assert [r["method"] for r in json.loads((only / "grid.json").read_text())["rows"]] == ["full-lr0.001x2"]
+    assert main([*args, "--only", "*/full-lr1e-3x2/*"]) == 0
+    assert [r["method"] for r in json.loads((only / "grid.json").read_text())["rows"]] == ["full-lr1e-3x2"]
     assert main([*args, "--only", "*/nothing/*"]) == 2
 
 
@@ -226,3 +226,22 @@ def test_bad_budgets_fail_naming_the_entry(tiny_bert, toy_csv):
         with pytest.raises(PeftshieldError) as err:
             validate_grid({**grid, "methods": methods})
         assert message in str(err.value)
+
+
+# ------------------------------------------------------------------------------- ROC thinning
+
+
+def test_the_one_roc_thinning_is_monotone_and_keeps_its_area():
+    from peftshield.evaluation.metrics import auroc
+    from peftshield.grid.curves import MAX_POINTS, roc_area, roc_points
+
+    rng = np.random.default_rng(0)
+    clean, trig = rng.normal(0, 1, 800), rng.normal(1.5, 1, 400)
+    roc = roc_points(clean, trig)
+    fpr, tpr = np.array(roc["fpr"]), np.array(roc["tpr"])
+    assert 10 < len(fpr) <= MAX_POINTS
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert roc_area(roc) == pytest.approx(auroc(clean, trig), abs=0.01)
+    small = roc_points(clean[:20], trig[:10])  # under the cap nothing is thinned: the area is exact
+    assert roc_area(small) == pytest.approx(auroc(clean[:20], trig[:10]), abs=1e-9)

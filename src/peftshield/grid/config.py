@@ -33,7 +33,7 @@ label, ``fixed@0.7`` / ``calibrated@0.01``).
 
 Full fine-tuning budgets are method entries: ``{name: full, label: full-lr1e-4x2, config: {lr:
 1e-4, epochs: 2}}``; a ``budgets`` list, ``{name: full, budgets: [{lr: 5e-5, epochs: 1}, ...]}``,
-expands into one such entry per budget (labelled ``full-lr5e-05x1``) beside the default one.
+expands into one such entry per budget (labelled ``full-lr5e-5x1``) beside the default one.
 
 Validation (:func:`load_grid`) raises one :class:`~peftshield.errors.PeftshieldError` naming the
 offending entry for: an unknown key at any level (top, entry, ``sizes``, ``scan``, attack recipe,
@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils.labels import budget_label
 from peftshield.utils.strict import suggestion, unknown_keys
 from peftshield.utils.validate import non_finite_path
 
@@ -601,6 +602,7 @@ def _budget_methods(
 ) -> list[MethodEntry]:
     """The extra training budgets of a method entry (``budgets: [{lr: 5e-5, epochs: 3}, ...]``):
     one entry each, the base entry's config under the budget's keys, labelled ``<label>-lr<LR>x<EPOCHS>``
+    (:func:`~peftshield.utils.labels.budget_label`)
     (or the budget's own ``label``). Retention reads full fine-tuning at several budgets this way."""
     if item["name"] == NONE:
         raise w.fail(where, "method 'none' takes no budgets")
@@ -620,7 +622,7 @@ def _budget_methods(
                 isinstance(budget[k], int | float) and not isinstance(budget[k], bool) for k in budget
             ):
                 raise w.fail(here, f"lr and epochs must be numbers, got {budget!r}")
-            label = f"{base_label}-lr{budget['lr']:g}x{budget['epochs']}"
+            label = f"{base_label}-{budget_label(budget['lr'], budget['epochs'])}"
         sub = {**item, "label": _label(str(label)), "config": {**(item.get("config") or {}), **budget}}
         out.append(_method(here, sub, w))
     return out
