@@ -9,7 +9,9 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
 (docs/design.md "Metric definitions"); nothing is redefined here:
 
 - ``cacc``, ``asr`` (PSIM convention for task-specific attacks; for task-agnostic ones the
-  LMSanitator convention, also under ``asr_lms``), ``defended_cacc``, ``defended_asr_reject`` (a
+  LMSanitator convention, also under ``asr_lms``), ``asr_dominant``
+  (:func:`~peftshield.evaluation.metrics.asr_dominant`: the PSIM-convention ASR towards the class
+  each trigger's inputs land in most, averaged over triggers), ``defended_cacc``, ``defended_asr_reject`` (a
   rejected clean input counts as wrong, a rejected triggered input as blocked), ``frr``, ``far``,
   ``precision``, ``recall``, ``f1``, ``auroc`` of the defence's score;
 - ``corrected_cacc``, ``corrected_asr`` (a correction defence, ONION): the victim's CACC and ASR
@@ -22,6 +24,9 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
   charged its measured cost per text); named in the row as ``overhead_protocol``;
 - ``roc``: ``{fpr, tpr}`` points of the score; ``tradeoff``: ``{threshold, frr, far, asr, cacc}``
   as the threshold moves (defended ASR and CACC at each threshold).
+
+Threshold policies (:func:`evaluate_policies`): the victim reads and the defence scores every text
+ONCE; each policy of the defence only moves the cut over those scores and is one row.
 
 A clean control (attack ``none``) is measured with the triggers of every attack of the grid: its
 clean-side figures are at the top level and each attack's in ``by_attack``. A cell without a
@@ -229,6 +234,7 @@ class _SetPass:
     """One trigger set's passes (victim labels, scores, cleaned texts): computed once per cell."""
 
     tset: TriggerSet
+    texts_t: list[str]
     y_t: np.ndarray
     pred_t: np.ndarray | None
     s_t: np.ndarray | None
@@ -255,7 +261,7 @@ def _pass_set(
     pred_t = _victim_pass(victim, texts_t, timer)
     s_t, cleaned_t = _defense_pass(defense, texts_t, timer.victim - before, timer)
     fixed_t = _corrected_pass(victim, cleaned_t)
-    return _SetPass(tset, np.asarray([e.label for e in triggered]), pred_t, s_t, fixed_t)
+    return _SetPass(tset, texts_t, np.asarray([e.label for e in triggered]), pred_t, s_t, fixed_t)
 
 
 def _measure_set(
