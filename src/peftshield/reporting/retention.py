@@ -301,6 +301,10 @@ def axes(rows: list[dict]) -> tuple[list[str], list[str], list[str]]:
     """
     victims = [r for r in rows if r.get("cell") == "victim" and all(k in r for k in ("attack", "method"))]
     found = list(dict.fromkeys(r["attack"] for r in victims if r["attack"] != "control"))
+    # a control victim names the attacks whose triggers it was measured with
+    for row in victims:
+        if row["attack"] == "control" and isinstance(row.get("by_attack"), dict):
+            found += [a for a in row["by_attack"] if a not in found]
     attacks = sorted(found, key=lambda a: (attack_kind(a, rows) != "task-specific", found.index(a)))
     methods = [m for m in METHOD_COLUMNS if any(r["method"] == m for r in victims)]
     budgets = list(
