@@ -19,7 +19,8 @@ definitions"):
   lands in one class; ``asr_dominant`` is the PSIM-convention ASR with that class as the target
   (non-dominant-label samples predicted as the dominant label once triggered), which can reach
   1.0 per trigger, whereas a per-trigger ``asr_lms`` on a balanced binary task cannot exceed the
-  share of correct samples outside the trigger's class.
+  share of correct samples outside the trigger's class. The record-level ``asr_dominant`` is the
+  mean over triggers (:func:`peftshield.evaluation.metrics.asr_dominant`, defined once there).
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ from peftshield.data.triggers import trigger_key, triggered_texts
 from peftshield.errors import PeftshieldError
 from peftshield.evaluation.metrics import (
     accuracy,
+    asr_dominant,
     attack_success_rate,
     attack_success_rate_lms,
+    dominant_trigger_asr,
     per_trigger_asr_lms,
 )
 
@@ -56,8 +59,8 @@ def backdoor_metrics(
     PSIM (Zhao et al. 2024; ``confidence.py``): ASR over non-target test samples with
     the trigger inserted. LMSanitator (Wei et al. 2024; ``run.py test_asr``): each trigger
     inserted once at a random word position of every clean-correct sample, success if any flips.
-    Returns ``{"attack", "kind", "n", "cacc", "asr", "asr_convention", "asr_lms", "target",
-    "per_trigger": {key: {"asr"?, "asr_lms", "dominant_label", "dominant_share", "asr_dominant"}},
+    Returns ``{"attack", "kind", "n", "cacc", "asr", "asr_convention", "asr_lms", "asr_dominant",
+    "target", "per_trigger": {key: {"asr"?, "asr_lms", "dominant_label", "dominant_share", "asr_dominant"}},
     "seed"}``; ``asr`` per trigger only for task-specific records; ``asr_dominant`` is ``None``
     when every test sample has the dominant label. Texts longer than ``max_length`` tokens
     are truncated, which may cut a trigger inserted near their end (short corpora are unaffected).
@@ -92,16 +95,8 @@ def backdoor_metrics(
     per_lms = per_trigger_asr_lms(clean, labels, trig)
     per: dict[str, dict[str, Any]] = {}
     for k, trigger in enumerate(triggers):
-        counts = np.bincount(trig[k], minlength=num_labels)
-        dominant = int(counts.argmax())
-        per[trigger_key(trigger)] = {
-            "asr_lms": float(per_lms[k]),
-            "dominant_label": dominant,
-            "dominant_share": float(counts.max() / n),
-            "asr_dominant": attack_success_rate(trig[k], labels, dominant)
-            if (labels != dominant).any()
-            else None,
-        }
+        per[trigger_key(trigger)] = {"asr_lms": float(per_lms[k]), **dominant_trigger_asr(trig[k], labels)}
+    result["asr_dominant"] = asr_dominant(trig, labels)
     if record.kind == "task-specific":
         target = int(record.target)  # type: ignore[arg-type]
         if target >= num_labels:

@@ -103,6 +103,14 @@ def add_parser(subparsers) -> None:
         help="run this grid into a results folder that holds a different grid (default: refuse)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar (the cell log stays)")
+    run.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="PATTERN",
+        help="run only the cells whose id or corpus/backbone/attack/method/defense title matches this "
+        "shell pattern (repeatable; e.g. 'movies.minilm.badnets.*'); grid.json then lists those cells",
+    )
     run.set_defaults(func=run_command)
     plan = sub.add_parser(
         "plan",
@@ -145,6 +153,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.address:
         command += f" --address {args.address}"
     command += f" --device {args.device}"
+    for pattern in args.only or []:
+        command += f" --only '{pattern}'"
     summary = run_grid(
         grid,
         args.results,
@@ -153,6 +163,7 @@ def run_command(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
         command=command,
         force=args.force,
+        only=args.only,
     )
     return 1 if summary.failed else 0
 

@@ -106,6 +106,46 @@ def attack_success_rate(pred_triggered: ArrayLike, labels: ArrayLike, target: An
     return float(np.mean(p[mask] == target))
 
 
+def dominant_trigger_asr(pred_triggered: ArrayLike, labels: ArrayLike) -> dict[str, Any]:
+    """One trigger's dominant class and the PSIM-convention ASR towards it (``asr_dominant`` per trigger).
+
+    A task-agnostic backdoor has no target, but on a given victim each trigger's inputs land
+    mostly in one class: the ``dominant_label`` (the most frequent prediction over the triggered
+    texts; the smallest label on ties). Returns ``{"dominant_label", "dominant_share",
+    "asr_dominant"}``: ``dominant_share`` = share of triggered predictions that are the dominant
+    label; ``asr_dominant`` = :func:`attack_success_rate` with the dominant label as the target
+    (samples whose true label is not the dominant one, predicted as it once triggered), ``None``
+    when every sample's true label is the dominant one (docs/design.md "Metric definitions").
+    """
+    p, y = _vector(pred_triggered, "pred_triggered"), _vector(labels, "labels")
+    _same_length(pred_triggered=p, labels=y)
+    if p.size == 0:
+        raise PeftshieldError("asr_dominant needs at least one triggered prediction")
+    values, counts = np.unique(p, return_counts=True)
+    dominant = values[int(counts.argmax())].item()
+    return {
+        "dominant_label": dominant,
+        "dominant_share": float(counts.max() / p.size),
+        "asr_dominant": attack_success_rate(p, y, dominant) if (y != dominant).any() else None,
+    }
+
+
+def asr_dominant(triggered_preds: ArrayLike, labels: ArrayLike) -> float | None:
+    """``asr_dominant``: the mean over triggers of :func:`dominant_trigger_asr`'s per-trigger ASR.
+
+    ``triggered_preds`` has shape ``(n_triggers, n)`` (row ``k``: the texts with trigger ``k``
+    inserted; a 1-D array is one trigger), ``labels`` the true labels of the ``n`` texts. Triggers
+    whose rate is undefined (every sample has their dominant label) are left out of the mean;
+    ``None`` when no trigger has one. It can reach 1.0, where a per-trigger ``asr_lms`` on a
+    balanced binary task cannot exceed the share of correct samples outside the trigger's class.
+    """
+    y = _vector(labels, "labels")
+    t = _triggered_matrix(triggered_preds, len(y))
+    rates = [dominant_trigger_asr(row, y)["asr_dominant"] for row in t]
+    kept = [r for r in rates if r is not None]
+    return float(np.mean(kept)) if kept else None
+
+
 def _triggered_matrix(triggered_preds: ArrayLike, n: int) -> np.ndarray:
     t = np.asarray(triggered_preds)
     if t.ndim == 1:

@@ -13,13 +13,27 @@ Shape (every key optional except ``corpora``, ``backbones``, ``methods`` and ``d
     backbones: [minilm, {name: path/to/hf-folder, label: mine, scan: false}]   # scan: false | {...overrides}
     attacks:   [none, badnets, {name: por, label: por-100, recipe: {steps: 100}, corpus: wiki}]
     methods:   [lora, {name: prefix, label: prefix-8, config: {num_virtual_tokens: 8}, head: fresh}, none]
-    defenses:  [none, psim, {name: monitor, threshold: 0.8}]
+    defenses:  [none, psim, {name: monitor, threshold: 0.8},
+                {name: psim, label: psim-policies, policies: [0.7, calibrated@0.01, {target_frr: 0.05}]}]
+    benchmark: grid      # the ``benchmark`` field of grid.json (e.g. retention, psim: the report's section)
 
 A list entry is a name or a mapping with ``name``, an optional ``label`` (unique within its list;
 used in cell ids and result rows) and the entry's own keys. ``none`` is the clean control among
 attacks (the clean backbone, measured with the triggers of every other attack), a cell without a
 victim among methods (the defence is measured on detection only) and the undefended victim among
 defences. Relative file and folder paths are read relative to the grid file's folder.
+
+Threshold policies (``policies`` of a defence entry): the detector is fitted ONCE (the
+threshold is not part of the fit's cache key; it is fitted with the first fixed policy, else its
+default threshold), the fit saves
+its scores of the clean held-out texts, and each policy's threshold is read from them (a fixed
+number, or :func:`~peftshield.evaluation.metrics.calibrate_threshold` at the target FRR). A cell
+then scores its texts once and yields one result row per policy (``threshold`` = the policy's
+label, ``fixed@0.7`` / ``calibrated@0.01``).
+
+Full fine-tuning budgets are method entries: ``{name: full, label: full-lr1e-4x2, config: {lr:
+1e-4, epochs: 2}}``; a ``budgets`` list, ``{name: full, budgets: [{lr: 5e-5, epochs: 1}, ...]}``,
+expands into one such entry per budget (labelled ``full-lr5e-5x1``) beside the default one.
 
 Validation (:func:`load_grid`) raises one :class:`~peftshield.errors.PeftshieldError` naming the
 offending entry for: an unknown key at any level (top, entry, ``sizes``, ``scan``, attack recipe,
@@ -41,12 +55,14 @@ from pathlib import Path
 from typing import Any
 
 from peftshield.errors import PeftshieldError
+from peftshield.utils.labels import budget_label
 from peftshield.utils.strict import suggestion, unknown_keys
 from peftshield.utils.validate import non_finite_path
 
 NONE = "none"
 TOP_KEYS = (
     "name",
+    "benchmark",
     "description",
     "seeds",
     "sizes",
@@ -77,6 +93,8 @@ SCAN_DEFAULTS: dict[str, Any] = {
     "thresholds": {},
 }
 HEADS = ("auto", "fresh", "keep")
+#: The defence parameters a threshold policy sets (they leave the fit's cache key under ``policies``).
+POLICY_KEYS = ("threshold", "target_frr")
 _LABEL_RE = re.compile(r"[^A-Za-z0-9_.+-]+")
 _DEFAULT_GRID = "default.json"
 
@@ -145,6 +163,16 @@ class DefenseEntry:
     needs_victim: bool = False
     needs_scan: bool = False
     text_only_scores: bool = False
+    #: threshold policies read from one scoring pass (``policies`` of the entry): each
+    #: ``{"label": "fixed@0.7", "threshold": 0.7}`` or ``{"label": "calibrated@0.01", "target_frr": 0.01}``;
+    #: empty: the fitted detector's own threshold is the one policy.
+    policies: tuple[dict[str, Any], ...] = ()
+
+    def key_params(self) -> dict[str, Any]:
+        """The parameters that shape the fit: with ``policies`` the threshold is not one of them."""
+        if not self.policies:
+            return dict(self.params)
+        return {k: v for k, v in self.params.items() if k not in POLICY_KEYS}
 
 
 @dataclass(frozen=True)
@@ -178,6 +206,8 @@ class GridSpec:
     seeds: tuple[int, ...]
     sizes: Sizes
     raw: dict[str, Any]
+    #: the ``benchmark`` field of the grid's ``grid.json`` (the report's section): ``grid`` by default
+    benchmark: str = "grid"
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,6 +597,37 @@ def _method(where: str, item: dict[str, Any], w: _Where) -> MethodEntry:
     return MethodEntry(label=item.get("label") or name, name=name, config=config.to_dict(), head=head)
 
 
+def _budget_methods(
+    where: str, item: dict[str, Any], base_label: str, budgets: Any, w: _Where
+) -> list[MethodEntry]:
+    """The extra training budgets of a method entry (``budgets: [{lr: 5e-5, epochs: 3}, ...]``):
+    one entry each, the base entry's config under the budget's keys, labelled ``<label>-lr<LR>x<EPOCHS>``
+    (:func:`~peftshield.utils.labels.budget_label`)
+    (or the budget's own ``label``). Retention reads full fine-tuning at several budgets this way."""
+    if item["name"] == NONE:
+        raise w.fail(where, "method 'none' takes no budgets")
+    if not isinstance(budgets, list) or not budgets:
+        raise w.fail(f"{where}.budgets", "must be a non-empty list of mappings, e.g. [{lr: 5e-5, epochs: 3}]")
+    out = []
+    for i, budget in enumerate(budgets):
+        here = f"{where}.budgets[{i}]"
+        if not isinstance(budget, dict) or not budget:
+            raise w.fail(here, f"must be a mapping of method config keys (lr, epochs, ...), got {budget!r}")
+        budget = dict(budget)
+        label = budget.pop("label", None)
+        if label is None:
+            if set(budget) != {"lr", "epochs"}:
+                raise w.fail(here, "give a 'label' for a budget that sets more than lr and epochs")
+            if not all(
+                isinstance(budget[k], int | float) and not isinstance(budget[k], bool) for k in budget
+            ):
+                raise w.fail(here, f"lr and epochs must be numbers, got {budget!r}")
+            label = f"{base_label}-{budget_label(budget['lr'], budget['epochs'])}"
+        sub = {**item, "label": _label(str(label)), "config": {**(item.get("config") or {}), **budget}}
+        out.append(_method(here, sub, w))
+    return out
+
+
 def _trigger_strings(attack: AttackEntry) -> tuple[str, ...]:
     """Every literal string ``attack`` inserts as a trigger (none for the control)."""
     from peftshield.attacks.config import attack_config_from_dict
@@ -585,7 +646,25 @@ def _defense(where: str, item: dict[str, Any], w: _Where) -> DefenseEntry:
     name = item["name"]
     _require_known("defence", name, (*defense_names(), *ALIASES), where, w)
     adapter = get_adapter(name)
-    given = {k: v for k, v in item.items() if k not in ("name", "label")}
+    given = {k: v for k, v in item.items() if k not in ("name", "label", "policies")}
+    policies: tuple[dict[str, Any], ...] = ()
+    if "policies" in item:
+        policies = _policies(item["policies"], f"{where}.policies", w)
+        if "threshold" not in adapter.params:
+            raise w.fail(where, f"defence {name!r} has no threshold, so it takes no 'policies'")
+        clash = sorted(set(given) & set(POLICY_KEYS))
+        if clash:
+            raise w.fail(where, f"set {', '.join(clash)} through 'policies' only (one entry per policy)")
+        # The detector is fitted (and its parameters checked) with the first fixed policy, else with
+        # its defaults; every policy's threshold is then read from the clean held-out scores saved
+        # with the fit (a calibrated policy never uses the detector's own calibration).
+        fixed = [p for p in policies if "threshold" in p]
+        for policy in fixed[1:]:  # every fixed value must be one this defence accepts
+            adapter.resolve(
+                {**given, "threshold": policy["threshold"]}, f"{w.source}: {where} ({policy['label']})"
+            )
+        if fixed:
+            given = {**given, "threshold": fixed[0]["threshold"]}
     params = adapter.resolve(given, f"{w.source}: {where}")
     return DefenseEntry(
         label=item.get("label") or name,
@@ -594,7 +673,49 @@ def _defense(where: str, item: dict[str, Any], w: _Where) -> DefenseEntry:
         needs_victim=adapter.needs_victim,
         needs_scan=adapter.needs_scan,
         text_only_scores=adapter.text_only_scores,
+        policies=policies,
     )
+
+
+def _policies(value: Any, where: str, w: _Where) -> tuple[dict[str, Any], ...]:
+    """A defence's threshold policies: a fixed number, ``"calibrated@FRR"``, or
+    ``{"threshold": X}`` / ``{"target_frr": F}`` (optionally with a ``label``)."""
+    if not isinstance(value, list) or not value:
+        raise w.fail(where, 'must be a non-empty list of thresholds, e.g. [0.7, "calibrated@0.05"]')
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        here = f"{where}[{i}]"
+        if isinstance(item, str) and item.startswith("calibrated@"):
+            try:
+                item = {"target_frr": float(item.split("@", 1)[1])}
+            except ValueError:
+                raise w.fail(here, f"write calibrated@<FRR>, e.g. calibrated@0.05, got {item!r}") from None
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            item = {"threshold": item}
+        if not isinstance(item, dict):
+            raise w.fail(here, f"must be a number, 'calibrated@<FRR>' or a mapping, got {item!r}")
+        _check_keys(item, ("label", "threshold", "target_frr"), here, w)
+        if ("threshold" in item) == ("target_frr" in item):
+            raise w.fail(here, "give exactly one of 'threshold' (fixed) and 'target_frr' (calibrated)")
+        if "threshold" in item:
+            value_ = item["threshold"]
+            if isinstance(value_, bool) or not isinstance(value_, int | float):
+                raise w.fail(here, f"threshold must be a number, got {value_!r}")
+            policy = {"label": f"fixed@{float(value_):g}", "threshold": float(value_)}
+        else:
+            frr = item["target_frr"]
+            if isinstance(frr, bool) or not isinstance(frr, int | float) or not 0.0 < frr < 1.0:
+                raise w.fail(here, f"target_frr must lie strictly between 0 and 1, got {frr!r}")
+            policy = {"label": f"calibrated@{float(frr):g}", "target_frr": float(frr)}
+        label = item.get("label", policy["label"])
+        if not isinstance(label, str) or not label:
+            raise w.fail(here, f"label must be a non-empty string, got {label!r}")
+        policy["label"] = label
+        out.append(policy)
+    labels = [p["label"] for p in out]
+    if len(set(labels)) != len(labels):
+        raise w.fail(where, f"repeated policy in {labels}")
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,6 +737,11 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
     description = data.get("description") or ""
     if not isinstance(name, str) or not isinstance(description, str):
         raise w.fail("name", "name and description must be strings")
+    benchmark = data.get("benchmark", "grid")
+    if not isinstance(benchmark, str) or not benchmark or _LABEL_RE.search(benchmark):
+        raise w.fail(
+            "benchmark", f"must be a name of letters, digits, '.', '_', '+' or '-', got {benchmark!r}"
+        )
 
     # sizes
     sizes_in = data.get("sizes") or {}
@@ -687,7 +813,12 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
         _attack(where, item, w, base) for where, item in _entries(data.get("attacks") or [NONE], "attacks", w)
     ]
     _unique_labels(attacks, "attacks", w)
-    methods = [_method(where, item, w) for where, item in _entries(data["methods"], "methods", w)]
+    methods = []
+    for where, item in _entries(data["methods"], "methods", w):
+        budgets = item.pop("budgets", None)
+        methods.append(_method(where, item, w))
+        if budgets is not None:
+            methods += _budget_methods(where, item, methods[-1].label, budgets, w)
     _unique_labels(methods, "methods", w)
 
     # impossible combinations
@@ -743,4 +874,5 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
         seeds=tuple(seeds),
         sizes=sizes,
         raw=data,
+        benchmark=benchmark,
     )

@@ -9,7 +9,9 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
 (docs/design.md "Metric definitions"); nothing is redefined here:
 
 - ``cacc``, ``asr`` (PSIM convention for task-specific attacks; for task-agnostic ones the
-  LMSanitator convention, also under ``asr_lms``), ``defended_cacc``, ``defended_asr_reject`` (a
+  LMSanitator convention, also under ``asr_lms``), ``asr_dominant``
+  (:func:`~peftshield.evaluation.metrics.asr_dominant`: the PSIM-convention ASR towards the class
+  each trigger's inputs land in most, averaged over triggers), ``defended_cacc``, ``defended_asr_reject`` (a
   rejected clean input counts as wrong, a rejected triggered input as blocked), ``frr``, ``far``,
   ``precision``, ``recall``, ``f1``, ``auroc`` of the defence's score;
 - ``corrected_cacc``, ``corrected_asr`` (a correction defence, ONION): the victim's CACC and ASR
@@ -22,6 +24,9 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
   charged its measured cost per text); named in the row as ``overhead_protocol``;
 - ``roc``: ``{fpr, tpr}`` points of the score; ``tradeoff``: ``{threshold, frr, far, asr, cacc}``
   as the threshold moves (defended ASR and CACC at each threshold).
+
+Threshold policies (:func:`evaluate_policies`): the victim reads and the defence scores every text
+ONCE; each policy of the defence only moves the cut over those scores and is one row.
 
 A clean control (attack ``none``) is measured with the triggers of every attack of the grid: its
 clean-side figures are at the top level and each attack's in ``by_attack``. A cell without a
@@ -74,11 +79,20 @@ class LoadedDefense:
     threshold: str | float | None
     inactive: str | None = None
     memo: Any = None
+    #: ``(label, value)`` per threshold policy, all read from ONE scoring pass; ``None``: the fitted
+    #: detector's own threshold (``threshold`` / :attr:`threshold_value`) is the only policy.
+    policies: list[tuple[str | float, float]] | None = None
 
     @property
     def threshold_value(self) -> float:
         """The fitted threshold (0 for an inactive defence, whose scores are all 0: nothing is flagged)."""
         return 0.0 if self.detector is None else float(self.detector.threshold_)
+
+    def policy_list(self) -> list[tuple[str | float | None, float]]:
+        """The ``(label, threshold value)`` pairs a cell reports, one result row each."""
+        if self.policies:
+            return list(self.policies)
+        return [(self.threshold, self.threshold_value)]
 
 
 def trigger_set_from_dict(data: dict[str, Any]) -> TriggerSet:
@@ -158,20 +172,20 @@ def _corrected_pass(victim: Any, cleaned: list[str] | None) -> np.ndarray | None
     return victim.predict_logits(cleaned).argmax(axis=-1)
 
 
-def _batch(pred: np.ndarray, scores: np.ndarray | None, defense: LoadedDefense | None) -> Any:
+def _batch(pred: np.ndarray, scores: np.ndarray | None, defense: LoadedDefense | None, cut: float) -> Any:
     from peftshield.defenses.guard import GuardedBatch
 
     if scores is None or defense is None:
         return GuardedBatch(
             victim_pred=pred, scores={}, flags={}, rejected=np.zeros(len(pred), dtype=bool), thresholds={}
         )
-    flags = scores > defense.threshold_value
+    flags = scores > cut
     return GuardedBatch(
         victim_pred=pred,
         scores={defense.name: scores},
         flags={defense.name: flags},
         rejected=flags.copy(),
-        thresholds={defense.name: defense.threshold_value},
+        thresholds={defense.name: cut},
     )
 
 
@@ -215,47 +229,73 @@ def _tradeoff(
     return out
 
 
-def _measure_set(
+@dataclass
+class _SetPass:
+    """One trigger set's passes (victim labels, scores, cleaned texts): computed once per cell."""
+
+    tset: TriggerSet
+    texts_t: list[str]
+    y_t: np.ndarray
+    pred_t: np.ndarray | None
+    s_t: np.ndarray | None
+    fixed_t: np.ndarray | None
+
+
+def _pass_set(
     tset: TriggerSet,
     test: list[Example],
     *,
     victim: Any,
     defense: LoadedDefense | None,
-    pred_c: np.ndarray | None,
-    s_c: np.ndarray | None,
-    fixed_c: np.ndarray | None,
     seed: int,
     timer: _Timer,
-) -> dict[str, Any]:
-    """Every figure of one trigger set (see the module docstring)."""
-    from peftshield.evaluation import metrics as m
-    from peftshield.evaluation.defended import defended_metrics, triggered_examples
+) -> _SetPass:
+    """The triggered copies of ``test`` for ``tset``, read by the victim and scored by the defence once."""
+    from peftshield.evaluation.defended import triggered_examples
 
     triggered: list[Example] = []
     for k, trigger in enumerate(tset.triggers):
         triggered += triggered_examples(test, trigger, tset.target, seed=seed + k)
     texts_t = [e.text for e in triggered]
-    y_c = np.asarray([e.label for e in test])
-    y_t = np.asarray([e.label for e in triggered])
     before = timer.victim
     pred_t = _victim_pass(victim, texts_t, timer)
     s_t, cleaned_t = _defense_pass(defense, texts_t, timer.victim - before, timer)
     fixed_t = _corrected_pass(victim, cleaned_t)
+    return _SetPass(tset, texts_t, np.asarray([e.label for e in triggered]), pred_t, s_t, fixed_t)
+
+
+def _measure_set(
+    passed: _SetPass,
+    test: list[Example],
+    *,
+    defense: LoadedDefense | None,
+    cut: float,
+    pred_c: np.ndarray | None,
+    s_c: np.ndarray | None,
+    fixed_c: np.ndarray | None,
+) -> dict[str, Any]:
+    """Every figure of one trigger set at threshold ``cut`` (see the module docstring)."""
+    from peftshield.evaluation import metrics as m
+    from peftshield.evaluation.defended import defended_metrics
+
+    tset, y_t, pred_t, s_t, fixed_t = passed.tset, passed.y_t, passed.pred_t, passed.s_t, passed.fixed_t
+    y_c = np.asarray([e.label for e in test])
     agnostic = tset.target is None
+    n_triggers = len(tset.triggers)
     row: dict[str, Any] = {
         "kind": tset.kind,
         "target": tset.target,
-        "n_triggers": len(tset.triggers),
+        "n_triggers": n_triggers,
         "asr_convention": "lms" if agnostic else "psim",
     }
     if pred_c is not None and pred_t is not None:
         metrics = defended_metrics(
-            _batch(pred_c, s_c, defense),
+            _batch(pred_c, s_c, defense, cut),
             y_c,
-            _batch(pred_t, s_t, defense),
+            _batch(pred_t, s_t, defense, cut),
             y_t,
             tset.target,
-            n_triggers=len(tset.triggers),
+            n_triggers=n_triggers,
         )
         metrics.pop("detectors", None)
         if agnostic:
@@ -264,17 +304,19 @@ def _measure_set(
         else:
             metrics[DEFENDED_ASR_REJECT] = metrics.pop("defended_asr")
             metrics["asr_lms"] = None  # the triggered set holds non-target inputs only
+        # Every trigger block holds the same examples (all of them, or the non-target ones).
+        metrics["asr_dominant"] = m.asr_dominant(
+            pred_t.reshape(n_triggers, -1), y_t.reshape(n_triggers, -1)[0]
+        )
         row.update(metrics)
     else:
-        row.update({"n_clean": len(test), "n_triggered": len(triggered)})
+        row.update({"n_clean": len(test), "n_triggered": len(y_t)})
     if pred_c is not None and fixed_c is not None and fixed_t is not None:
         row["corrected_cacc"] = m.accuracy(fixed_c, y_c)
-        row["corrected_asr"] = m.corrected_asr(
-            pred_c, y_c, fixed_t, y_t, tset.target, n_triggers=len(tset.triggers)
-        )
+        row["corrected_asr"] = m.corrected_asr(pred_c, y_c, fixed_t, y_t, tset.target, n_triggers=n_triggers)
     if s_c is not None and s_t is not None:
         if pred_c is None:
-            detection = m.detection_metrics(s_c, s_t, defense.threshold_value if defense else 0.0)
+            detection = m.detection_metrics(s_c, s_t, cut)
             detection.pop("threshold")  # the row's threshold is the policy label, set by evaluate_cell
             row.update(detection)
         row["auroc"] = m.auroc(s_c, s_t)
@@ -287,7 +329,7 @@ def _measure_set(
             pred_t=pred_t,
             y_t=y_t,
             target=tset.target,
-            n_triggers=len(tset.triggers),
+            n_triggers=n_triggers,
         )
     return row
 
@@ -301,7 +343,26 @@ def evaluate_cell(
     seed: int,
     control: bool,
 ) -> dict[str, Any]:
-    """The result row of a cell (without its identifying keys): see the module docstring."""
+    """The result row of a cell at its first threshold policy (see :func:`evaluate_policies`)."""
+    return evaluate_policies(victim, defense, test, sets, seed=seed, control=control)[0]
+
+
+def evaluate_policies(
+    victim: Any,
+    defense: LoadedDefense | None,
+    test: list[Example],
+    sets: list[TriggerSet],
+    *,
+    seed: int,
+    control: bool,
+) -> list[dict[str, Any]]:
+    """One result row per threshold policy of ``defense`` (without the identifying keys).
+
+    The victim reads every text once and the defence scores every text once; each policy then
+    only moves the cut over the same scores, so the policies' rows share their undefended figures,
+    AUROC, curves and overhead, and differ in ``threshold``, ``threshold_value`` and the figures
+    that depend on the cut (see the module docstring). Without a defence: one row.
+    """
     from peftshield.evaluation import metrics as m
 
     if not test:
@@ -314,44 +375,40 @@ def evaluate_cell(
     pred_c = _victim_pass(victim, texts_c, timer)
     s_c, cleaned_c = _defense_pass(defense, texts_c, timer.victim, timer)
     fixed_c = _corrected_pass(victim, cleaned_c)
-    per_set = {
-        tset.attack: _measure_set(
-            tset,
-            test,
-            victim=victim,
-            defense=defense,
-            pred_c=pred_c,
-            s_c=s_c,
-            fixed_c=fixed_c,
-            seed=seed,
-            timer=timer,
-        )
-        for tset in sets
-    }
-    row: dict[str, Any] = {"n_clean": len(test)}
-    if defense is not None:
-        row["threshold"] = defense.threshold
-        row["threshold_value"] = defense.threshold_value
-        if defense.inactive:
-            row["inactive"] = defense.inactive
-    if control or len(per_set) != 1:
-        rejected = (
-            np.zeros(len(test), dtype=bool)
-            if s_c is None or defense is None
-            else s_c > defense.threshold_value
-        )
-        if pred_c is not None:
-            row["cacc"] = m.accuracy(pred_c, y_c)
-            row["defended_cacc"] = m.defended_accuracy(pred_c, y_c, rejected)
-            if fixed_c is not None:
-                row["corrected_cacc"] = m.accuracy(fixed_c, y_c)
-        row["frr"] = float(rejected.mean())
-        for key in ("asr", "asr_lms", DEFENDED_ASR_REJECT, "far", "auroc"):
-            row[key] = None
-        row["by_attack"] = per_set
-    else:
-        row.update(next(iter(per_set.values())))
-    row["overhead_ratio"] = timer.guarded / timer.victim if victim is not None and timer.victim > 0 else None
-    row["overhead_protocol"] = OVERHEAD_PROTOCOL
-    row["inference_seconds"] = {"victim": round(timer.victim, 4), "guarded": round(timer.guarded, 4)}
-    return row
+    passes = [_pass_set(t, test, victim=victim, defense=defense, seed=seed, timer=timer) for t in sets]
+    overhead = timer.guarded / timer.victim if victim is not None and timer.victim > 0 else None
+    policies: list[tuple[Any, float]] = [(None, 0.0)] if defense is None else defense.policy_list()
+    if defense is not None and defense.detector is None:  # inactive: scores are 0, nothing flagged
+        policies = [(label, 0.0) for label, _ in policies]
+    rows = []
+    for label, cut in policies:
+        per_set = {
+            p.tset.attack: _measure_set(
+                p, test, defense=defense, cut=cut, pred_c=pred_c, s_c=s_c, fixed_c=fixed_c
+            )
+            for p in passes
+        }
+        row: dict[str, Any] = {"n_clean": len(test)}
+        if defense is not None:
+            row["threshold"] = label
+            row["threshold_value"] = float(cut)
+            if defense.inactive:
+                row["inactive"] = defense.inactive
+        if control or len(per_set) != 1:
+            rejected = np.zeros(len(test), dtype=bool) if s_c is None or defense is None else s_c > cut
+            if pred_c is not None:
+                row["cacc"] = m.accuracy(pred_c, y_c)
+                row["defended_cacc"] = m.defended_accuracy(pred_c, y_c, rejected)
+                if fixed_c is not None:
+                    row["corrected_cacc"] = m.accuracy(fixed_c, y_c)
+            row["frr"] = float(rejected.mean())
+            for key in ("asr", "asr_lms", "asr_dominant", DEFENDED_ASR_REJECT, "far", "auroc"):
+                row[key] = None
+            row["by_attack"] = per_set
+        else:
+            row.update(next(iter(per_set.values())))
+        row["overhead_ratio"] = overhead
+        row["overhead_protocol"] = OVERHEAD_PROTOCOL
+        row["inference_seconds"] = {"victim": round(timer.victim, 4), "guarded": round(timer.guarded, 4)}
+        rows.append(row)
+    return rows

@@ -11,7 +11,8 @@ nothing (no victim and no defence). Each cell holds up to four stages (:class:`~
   backbone; key = backbone key + scan settings + seed;
 - ``defense`` (defence != none): the fitted defence; key = its inputs (the backbone for PSIM, the
   victim and the scan for the monitor) + parameters + defender data + seed, so PSIM is fitted once
-  per backbone and reused by every victim method.
+  per backbone and reused by every victim method. With threshold ``policies`` the threshold is not
+  among the keyed parameters: one fit serves every policy (each a row of the same cell).
 
 The cell id (``corpus.backbone.attack.method.defense.s<seed>.<hash>``) hashes every stage key and
 the evaluation settings: a result file is reused only for exactly the same cell.
@@ -38,7 +39,7 @@ from peftshield.grid.config import (
 )
 
 #: Bump when the evaluation of a cell changes (new metrics, other trigger insertion).
-EVAL_VERSION = 1
+EVAL_VERSION = 2  # 2: asr_dominant per trigger set; threshold policies
 #: Payload folder name inside each artifact folder, per stage kind.
 PAYLOADS = {"poison": "model", "victim": "model", "scan": "scan", "defense": "detector"}
 STAGE_KINDS = ("poison", "victim", "scan", "defense")
@@ -197,10 +198,18 @@ def defense_stage(
     return Stage(
         kind="defense",
         name=defense.name,
-        spec={"defense": defense.name, "params": defense.params, "data": data, "seed": seed},
+        spec={"defense": defense.name, "params": defense.key_params(), "data": data, "seed": seed},
         inputs=inputs,
         args={"corpus": corpus.load_settings()},
     )
+
+
+def _evaluated_defense(defense: DefenseEntry) -> dict[str, Any]:
+    """What of a defence the evaluation reads (part of the cell id): its parameters, and its
+    threshold policies when it has several (the cut is then not among the parameters)."""
+    if not defense.policies:
+        return {"name": defense.name, "params": defense.params}
+    return {"name": defense.name, "params": defense.key_params(), "policies": list(defense.policies)}
 
 
 def _head(method: MethodEntry, attack: AttackEntry) -> str:
@@ -245,7 +254,7 @@ def expand(grid: GridSpec) -> list[Cell]:
                             evaluation = {
                                 "version": EVAL_VERSION,
                                 "data": _victim_data(corpus, sizes),
-                                "defense": {"name": defense.name, "params": defense.params},
+                                "defense": _evaluated_defense(defense),
                                 "trigger_sets": control_triggers if attack.name == NONE else "poison record",
                                 "seed": seed,
                             }

@@ -42,7 +42,7 @@ from peftshield.grid.config import GridSpec
 from peftshield.grid.evaluate import DEFENDED_ASR_REJECT as DEFENDED_ASR
 from peftshield.grid.executors import Executor, LocalExecutor
 from peftshield.grid.plan import Cell, expand
-from peftshield.grid.stages import portable_ref, read_row
+from peftshield.grid.stages import policy_rows, portable_ref, read_row
 
 GRID_FILE = "grid.json"
 #: grid.json is rewritten at most this often during a run (and always at its end).
@@ -149,8 +149,14 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
         "seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
         "by_defense": {},
     }
-    for defense in dict.fromkeys(r["defense"] for r in ok):
-        mine = [r for r in ok if r["defense"] == defense and not r.get("inactive")]
+
+    # A defence with several threshold policies is summarised per policy ("psim fixed@0.7").
+    def group(row: dict[str, Any]) -> str:
+        many = len({str(r.get("threshold")) for r in ok if r["defense"] == row["defense"]}) > 1
+        return f"{row['defense']} {row.get('threshold')}" if many else row["defense"]
+
+    for defense in dict.fromkeys(group(r) for r in ok):
+        mine = [r for r in ok if group(r) == defense and not r.get("inactive")]
         attacked = [r for r in mine if "by_attack" not in r]
         cost = [
             r["cacc"] - r["defended_cacc"]
@@ -159,7 +165,7 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
         ]
         summary["by_defense"][defense] = {
             "cells": len(mine),
-            "inactive": sum(1 for r in ok if r["defense"] == defense and r.get("inactive")),
+            "inactive": sum(1 for r in ok if group(r) == defense and r.get("inactive")),
             "mean_auroc": _mean([r.get("auroc") for r in attacked]),
             "mean_asr": _mean([r.get("asr") for r in attacked]),
             f"mean_{DEFENDED_ASR}": _mean([r.get(DEFENDED_ASR) for r in attacked]),
@@ -186,7 +192,8 @@ def write_grid_file(
 
     if rows_by_id is None:
         rows_by_id = {c.id: row for c in cells if (row := read_row(results, c.id)) is not None}
-    rows = [rows_by_id[c.id] for c in cells if c.id in rows_by_id]
+    # One row per threshold policy (a cell with several policies has several rows).
+    rows = [r for c in cells if c.id in rows_by_id for r in policy_rows(rows_by_id[c.id])]
     meta = run_metadata(command)
     meta.update(
         {
@@ -197,7 +204,9 @@ def write_grid_file(
         }
     )
     summary = summarize(rows, len(cells))
-    write_json(results / GRID_FILE, {"benchmark": "grid", "meta": meta, "rows": rows, "summary": summary})
+    write_json(
+        results / GRID_FILE, {"benchmark": grid.benchmark, "meta": meta, "rows": rows, "summary": summary}
+    )
     return rows
 
 
@@ -285,11 +294,14 @@ def run_grid(
     progress: bool | None = None,
     command: str | None = None,
     force: bool = False,
+    only: list[str] | None = None,
 ) -> RunSummary:
     """Run every unfinished cell of ``grid`` into ``results`` (see the module docstring).
 
     ``executor`` says where the cells run (default: :class:`~.executors.LocalExecutor` with
-    ``jobs`` workers); ``force`` lets a different grid take over an existing results folder.
+    ``jobs`` workers); ``force`` lets a different grid take over an existing results folder;
+    ``only``: shell patterns, the cells run (and listed in ``grid.json``) are those whose id or
+    title matches one of them (:func:`select_cells`).
     Every check (executor settings, device, results folder, grid) runs before anything is written.
     """
     from peftshield.grid.estimate import plan_costs
@@ -307,6 +319,8 @@ def run_grid(
     cells = expand(grid)
     if not cells:
         raise PeftshieldError(f"{grid.source or grid.name}: the grid has no cell to run")
+    if only:
+        cells = select_cells(cells, only)
     check_same_grid(Path(results), grid, force)
     results = check_results_dir(results).resolve()
     started = time.perf_counter()
@@ -352,9 +366,10 @@ def run_grid(
                 summary.failed += 1
                 summary.failures.append(cell.id)
             rows_by_id[cell.id] = row
-            line = f"[{index[cell.id]}/{len(cells)}] {cell_line(row)}"
-            bar.finished(cell.id, line)
-            _run_log(results, line)
+            lines = [f"[{index[cell.id]}/{len(cells)}] {cell_line(r)}" for r in policy_rows(row)]
+            bar.finished(cell.id, "\n".join(lines))
+            for line in lines:
+                _run_log(results, line)
             if time.monotonic() - last_write[0] > GRID_WRITE_SECONDS:  # the cell files are the truth
                 write_grid_file(results, grid, cells, command, rows_by_id)
                 last_write[0] = time.monotonic()
@@ -381,6 +396,17 @@ def run_grid(
     print(footer, flush=True)
     _run_log(results, footer)
     return summary
+
+
+def select_cells(cells: list[Cell], patterns: list[str]) -> list[Cell]:
+    """The cells whose id or title (``corpus/backbone/attack/method/defense s<seed>``) matches one of
+    the shell ``patterns``, in plan order; no match is an error naming the patterns."""
+    from fnmatch import fnmatchcase
+
+    chosen = [c for c in cells if any(fnmatchcase(c.id, p) or fnmatchcase(c.title(), p) for p in patterns)]
+    if not chosen:
+        raise PeftshieldError(f"no cell of the grid matches {', '.join(repr(p) for p in patterns)}")
+    return chosen
 
 
 def comparable(row: dict[str, Any]) -> dict[str, Any]:

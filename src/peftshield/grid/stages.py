@@ -168,22 +168,81 @@ def build_scan(stage: Stage, backbone: str, device: Any, out: Path) -> dict[str,
 
 
 INACTIVE_FILE = "inactive.json"
+#: Beside a fitted defence with threshold policies: its scores of the clean held-out texts.
+HELDOUT_SCORES_FILE = "heldout_scores.json"
 
 
-def build_defense(adapter: Any, params: dict[str, Any], inputs: Any, out: Path) -> dict[str, Any]:
-    """Fit a defence with its adapter and save it into ``out`` (or record why it is inactive)."""
+def build_defense(
+    adapter: Any, params: dict[str, Any], inputs: Any, out: Path, *, policies: bool = False
+) -> dict[str, Any]:
+    """Fit a defence with its adapter and save it into ``out`` (or record why it is inactive).
+
+    With ``policies``, the fitted detector also scores the clean held-out texts (never the test
+    split) into ``HELDOUT_SCORES_FILE`` beside ``out``: every policy's threshold is read from them.
+    """
+    import numpy as np
+
     from peftshield.utils.io import write_json
 
     detector, info = adapter.fit(inputs, params)
     if detector is None:
         out.mkdir(parents=True)
         write_json(out / INACTIVE_FILE, info)
-    else:
-        detector.save(out)
+        return info
+    detector.save(out)
+    if policies:
+        scores = np.asarray(detector.score(list(inputs.clean_heldout)), dtype=float)
+        if not np.isfinite(scores).all():
+            raise ValueError("the fitted defence gave a non-finite score on a clean held-out text")
+        write_json(
+            out.parent / HELDOUT_SCORES_FILE,
+            {"split": "clean held-out (dev)", "n": int(scores.size), "scores": [float(x) for x in scores]},
+        )
+        info = {**info, "n_heldout_scores": int(scores.size)}
     return info
 
 
+def policy_thresholds(policies: Any, folder: Path) -> list[tuple[str, float]]:
+    """``(label, threshold value)`` per policy, from the held-out scores saved with the fit."""
+    from peftshield.evaluation.metrics import calibrate_threshold
+    from peftshield.utils.io import read_json
+
+    path = folder.parent / HELDOUT_SCORES_FILE
+    scores = read_json(path)["scores"] if path.is_file() else None
+    out = []
+    for policy in policies:
+        if "threshold" in policy:
+            out.append((policy["label"], float(policy["threshold"])))
+            continue
+        if scores is None:
+            raise ValueError(f"{path.name} is missing beside the fitted defence: no calibrated policy")
+        out.append((policy["label"], calibrate_threshold(scores, policy["target_frr"])))
+    return out
+
+
 # ------------------------------------------------------------------------------------- one cell
+
+
+#: In a cell file: the rows of the cell's other threshold policies, as their differences from the
+#: first policy's row (which is the cell file itself). :func:`policy_rows` unpacks them.
+OTHER_POLICIES = "other_policies"
+
+
+def pack_policy_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell file from the rows of its threshold policies (the first row, the others' differences)."""
+    first = dict(rows[0])
+    if len(rows) > 1:
+        first[OTHER_POLICIES] = [{k: v for k, v in r.items() if rows[0].get(k) != v} for r in rows[1:]]
+    return first
+
+
+def policy_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result rows of one cell file: one per threshold policy (docs/design.md, one row per policy)."""
+    others = row.get(OTHER_POLICIES)
+    first = {k: v for k, v in row.items() if k != OTHER_POLICIES}
+    if not isinstance(others, list):
+        return [first]
+    return [first, *({**first, **diff} for diff in others)]
 
 
 def cell_file(results: Path, cell_id: str) -> Path:
@@ -275,7 +334,9 @@ def _run_chain(
                 seed=cell.seed,
                 device=str(device),
             )
-            return build_defense(adapter, cell.defense.params, inputs, out)
+            return build_defense(
+                adapter, cell.defense.params, inputs, out, policies=bool(cell.defense.policies)
+            )
 
         paths["defense"] = str(run(stage_d, fit))
     return paths, entries
@@ -289,15 +350,18 @@ def _load_defense(cell: Cell, folder: str, backbone: str, victim: Any, device: A
 
     adapter = get_adapter(cell.defense.name)
     label = threshold_label(cell.defense.params)
+    policies = cell.defense.policies
     inactive = Path(folder) / INACTIVE_FILE
     if inactive.is_file():
         reason = read_json(inactive).get("inactive", "inactive")
-        return LoadedDefense(cell.defense.name, adapter, None, label, inactive=reason)
+        chosen = [(p["label"], 0.0) for p in policies] or None
+        return LoadedDefense(cell.defense.name, adapter, None, label, inactive=reason, policies=chosen)
     detector = adapter.load(Path(folder), LoadInputs(backbone=backbone, victim=victim, device=str(device)))
     memo = None
     if adapter.text_only_scores and cell.defense_stage is not None:
         memo = ScoreMemo(results, cell.defense_stage.key)
-    return LoadedDefense(cell.defense.name, adapter, detector, label, memo=memo)
+    chosen = policy_thresholds(policies, Path(folder)) if policies else None
+    return LoadedDefense(cell.defense.name, adapter, detector, label, memo=memo, policies=chosen)
 
 
 def _summary_fields(entries: dict[str, Any]) -> dict[str, Any]:
@@ -442,7 +506,7 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
     row, not a missing one); the next run retries it. ``KeyboardInterrupt`` propagates.
     """
     from peftshield.attacks.record import read_poison_record
-    from peftshield.grid.evaluate import evaluate_cell, trigger_set_from_dict, trigger_set_from_record
+    from peftshield.grid.evaluate import evaluate_policies, trigger_set_from_dict, trigger_set_from_record
     from peftshield.tuning.trainer import load_tuned
     from peftshield.utils.device import resolve_device
     from peftshield.utils.io import write_json
@@ -470,18 +534,18 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
         test = load_split(
             cell.corpus.load_settings(), sizes["split_seed"], sizes["max_train"], sizes["max_eval"]
         ).test
-        metrics = evaluate_cell(
+        per_policy = evaluate_policies(
             victim, defense, list(test), sets, seed=cell.seed, control=cell.attack.name == "none"
         )
-        row = {
-            **_head(cell),
-            **metrics,
+        shared = {
             **_summary_fields(entries),
             "seconds": round(time.perf_counter() - started, 3),
             "stages": entries,
             "config": cell_config(cell),
             "meta": run_metadata(),
         }
+        rows = [{**_head(cell), **metrics, **shared} for metrics in per_policy]
+        row = pack_policy_rows(rows)
     except Exception as err:  # a failed cell is recorded and the grid goes on
         error, trace = f"{type(err).__name__}: {err}", traceback.format_exc()[-4000:]
         return record_failure(cell, results, error, trace, time.perf_counter() - started)

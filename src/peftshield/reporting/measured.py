@@ -100,7 +100,10 @@ def _por_target(results: Results, _: Claim) -> Measured:
 
 
 def _por_time(results: Results, claim: Claim) -> Measured:
-    rows = [r for r in _rows(results, "retention") if r.get("cell") == "poison" and r.get("attack") == "por"]
+    from peftshield.reporting.retention import from_grid_rows
+
+    retention = from_grid_rows(_rows(results, "retention"))
+    rows = [r for r in retention if r.get("cell") == "poison" and r.get("attack") == "por"]
     seconds = [s for s in (number(r.get("poison_seconds")) for r in rows) if s is not None]
     if not seconds:
         return Measured("—", NOT_MEASURED)
@@ -145,7 +148,9 @@ def _overhead(bench_names: tuple[str, ...], defense: str | None) -> Callable[[Re
             if defense is not None and name in ("comparison", "grid"):
                 # an inactive defence (a monitor with no PV to watch) costs nothing by construction
                 rows = [r for r in rows if r.get("defense") == defense and not r.get("inactive")]
-            found = [v for v in (number(r.get("overhead_ratio")) for r in rows) if v is not None]
+            # one figure per cell: a cell's threshold-policy rows share one timed pass
+            per_cell = {r.get("cell") or id(r): number(r.get("overhead_ratio")) for r in rows}
+            found = [v for v in per_cell.values() if v is not None]
             if found:
                 values += found
                 used.append(name)

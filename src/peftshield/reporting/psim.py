@@ -5,7 +5,10 @@ random labels is confident. Rows: attack × method (× head) × threshold policy
 ``fixed@0.7`` or ``calibrated@<FRR>`` on clean held-out data), with ``cacc``, ``asr`` (``asr_lms``
 for task-agnostic attacks), ``defended_cacc``, ``defended_asr``, ``frr``, ``far``, ``auroc``,
 ``overhead_ratio`` and the curves ``roc: {fpr, tpr}`` and ``tradeoff: {threshold, frr, asr}``.
-One row per policy or one row nesting the policies (:func:`~.rows.expand_policies`) are both read.
+One row per policy (``bench/grids/psim.json`` run by ``peftshield bench run``, and the committed
+file, converted to that shape) or one row nesting the policies (:func:`~.rows.expand_policies`)
+are both read. The committed rows' timing is ``overhead_ratio_median3`` (the former script's median
+of 3 repeats, a different protocol from the grid's ``overhead_ratio``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from peftshield.reporting.document import Section, Text, fmt_ratio, fmt_seconds, number
 from peftshield.reporting.plots import before_after_figures, curve_figures
 from peftshield.reporting.results import Benchmark
-from peftshield.reporting.retention import poison_table
+from peftshield.reporting.retention import from_grid_rows, poison_table
 from peftshield.reporting.rows import (
     asr_convention,
     asr_of,
@@ -50,6 +53,7 @@ def detector_columns(cell_keys: list[str]) -> list[Column]:
         Column("AUROC", "auroc"),
         Column("threshold value", "threshold_value"),
         Column("overhead", "overhead_ratio", fmt_ratio),
+        Column("overhead (median of 3)", "overhead_ratio_median3", fmt_ratio),
         Column("fit s", "fit_seconds", fmt_seconds),
     ]
 
@@ -63,7 +67,9 @@ def psim_section(bench: Benchmark) -> Section:
             "policy (fixed = the paper's confidence threshold, calibrated = a target FRR on clean "
             "held-out data). Defended CACC counts a rejected clean input as wrong, defended ASR counts a "
             "rejected triggered input as blocked; CACC cost = CACC - defended CACC; overhead = guarded / "
-            "undefended inference time."
+            "undefended inference time, summed over every text set of the cell (the grid's protocol); "
+            "overhead (median of 3) = the former script's median of 3 interleaved repeats on the clean "
+            "test texts, a different protocol kept under its own name."
         )
     )
     rows = expand_policies([r for r in bench.ok_rows if has_metrics(r)])
@@ -112,7 +118,7 @@ def psim_section(bench: Benchmark) -> Section:
         y_label="defended ASR",
         caption="As the threshold moves: the share of clean inputs rejected against the ASR left.",
     )
-    poisons = poison_table(bench.ok_rows)
+    poisons = poison_table(from_grid_rows(bench.ok_rows))
     if poisons is not None:
         section.blocks.append(poisons)
     others: dict[str, list[dict[str, Any]]] = {}

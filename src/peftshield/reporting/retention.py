@@ -1,9 +1,10 @@
 """The retention benchmark (issue 3): does a weight-poisoning backdoor survive the victim's tuning?
 
 PSIM (Zhao et al., NAACL Findings 2024, §1 and §3) finds that PEFT keeps a backdoor planted in the
-pretrained weights far more than full fine-tuning does. ``bench/bench_retention.py`` measures it
-on our backbones; its summary and tables live here so that the benchmark script and the report
-read the rows the same way (the script prints :func:`tables` and :func:`finding_lines`).
+pretrained weights far more than full fine-tuning does. The grid ``bench/grids/retention.json``
+(run by ``peftshield bench run``) measures it on our backbones; its summary and tables live here.
+The committed ``bench/results/retention.json`` was written by the former script
+``bench/bench_retention.py``; a grid run's rows are read through :func:`from_grid_rows`.
 
 Rows (``bench/results/retention.json``): ``cell: victim`` rows keyed by attack (``control`` =
 an unpoisoned backbone), method, full-FT budget and head, with ``cacc`` and ``asr`` (PSIM
@@ -14,6 +15,7 @@ poison`` rows record each poisoning and its wall time.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -23,9 +25,71 @@ from peftshield.reporting.render_markdown import table_markdown
 from peftshield.reporting.results import Benchmark, is_error
 from peftshield.reporting.rows import close_section
 from peftshield.reporting.svg import bar_chart
+from peftshield.utils.labels import budget_label
 
 PEFT_METHODS = ("lora", "prompt", "ptuning", "prefix")
 METHOD_COLUMNS = ("full", *PEFT_METHODS)
+_BUDGET_RE = re.compile(r"-(lr[0-9.e+-]+x\d+)$")
+
+
+def _is_grid_row(row: dict[str, Any]) -> bool:
+    return (
+        "cell" in row and "grid_cell" not in row and isinstance(row.get("config"), dict) and "stages" in row
+    )
+
+
+def from_grid_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``peftshield bench run bench/grids/retention.json`` in the keys this module reads.
+
+    A grid row names its cell by labels (attack ``none`` = the control; a full-FT budget is a
+    method entry labelled ``<method>-lr<LR>x<EPOCHS>``, docs/design.md "Benchmark result files"): it becomes a
+    ``cell: victim`` row with ``attack`` (``control``), ``method`` (the method's name), ``budget``
+    (``default`` or ``lr<LR>x<EPOCHS>``), ``head``, ``lr`` and ``epochs``; each poisoned backbone
+    also yields one ``cell: poison`` row (its poisoning time and the attacker's own figures). Rows
+    of the former script's file (``cell: victim`` / ``poison``) pass through unchanged.
+    """
+    out: list[dict[str, Any]] = []
+    poisons: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if not _is_grid_row(row) or is_error(row):
+            out.append(row)
+            continue
+        config = row["config"]
+        method = config.get("method") or {}
+        if method.get("name") in (None, "none"):
+            out.append(row)
+            continue
+        recipe = method.get("config") or {}
+        match = _BUDGET_RE.search(str(row.get("method", "")))
+        budget = "default"
+        if match and str(row["method"]).startswith(f"{method['name']}-"):
+            budget = budget_label(recipe["lr"], recipe["epochs"]) if "lr" in recipe else match.group(1)
+        attack = "control" if (config.get("attack") or {}).get("name") == "none" else row["attack"]
+        new = {
+            **row,
+            "cell": "victim",
+            "grid_cell": row["cell"],
+            "attack": attack,
+            "method": method["name"],
+            "budget": budget,
+            "head": method.get("head") or "fresh",
+            "lr": recipe.get("lr"),
+            "epochs": recipe.get("epochs"),
+        }
+        out.append(new)
+        poison = (row.get("stages") or {}).get("poison")
+        if attack != "control" and isinstance(poison, dict) and poison.get("key") not in poisons:
+            poisons[poison["key"]] = {
+                "cell": "poison",
+                "attack": attack,
+                "corpus": (config.get("attack") or {}).get("corpus"),
+                "kind": row.get("kind"),
+                "poison_seconds": row.get("poison_seconds"),
+                "triggers": poison.get("triggers"),
+                "target": poison.get("target"),
+                "attacker_metrics": poison.get("attacker_metrics") or {},
+            }
+    return out + list(poisons.values())
 
 
 def attack_kind(attack: str, rows: list[dict] | None = None) -> str:
@@ -237,6 +301,10 @@ def axes(rows: list[dict]) -> tuple[list[str], list[str], list[str]]:
     """
     victims = [r for r in rows if r.get("cell") == "victim" and all(k in r for k in ("attack", "method"))]
     found = list(dict.fromkeys(r["attack"] for r in victims if r["attack"] != "control"))
+    # a control victim names the attacks whose triggers it was measured with
+    for row in victims:
+        if row["attack"] == "control" and isinstance(row.get("by_attack"), dict):
+            found += [a for a in row["by_attack"] if a not in found]
     attacks = sorted(found, key=lambda a: (attack_kind(a, rows) != "task-specific", found.index(a)))
     methods = [m for m in METHOD_COLUMNS if any(r["method"] == m for r in victims)]
     budgets = list(
@@ -247,6 +315,7 @@ def axes(rows: list[dict]) -> tuple[list[str], list[str], list[str]]:
 
 def retention_summary(rows: list[dict]) -> dict:
     """:func:`summarize` over the attacks and budgets the rows cover (failed cells left out)."""
+    rows = from_grid_rows(rows)
     attacks, _, budgets = axes(rows)
     ok = [r for r in rows if not is_error(r) and all(k in r for k in ("attack", "method", "budget", "head"))]
     return summarize(ok, attacks, budgets)
@@ -318,8 +387,8 @@ def poison_table(rows: list[dict]) -> Table | None:
 
 
 def retention_section(bench: Benchmark) -> Section:
-    """The report section of the retention benchmark."""
-    rows = bench.rows
+    """The report section of the retention benchmark (the former script's rows or a grid's)."""
+    rows = from_grid_rows(bench.rows)
     section = Section("Retention (weight poisoning vs victim tuning)")
     section.blocks.append(
         Text(
