@@ -14,6 +14,8 @@ Shape (every key optional except ``corpora``, ``backbones``, ``methods`` and ``d
     attacks:   [none, badnets, {name: por, label: por-100, recipe: {steps: 100}, corpus: wiki}]
     methods:   [lora, {name: prefix, label: prefix-8, config: {num_virtual_tokens: 8}, head: fresh}, none]
     defenses:  [none, psim, {name: monitor, threshold: 0.8}]
+    mode: victim            # or scan: scan-only cells (below)
+    zoo: seed               # a free label copied into every row (which model zoo the grid builds)
 
 A list entry is a name or a mapping with ``name``, an optional ``label`` (unique within its list;
 used in cell ids and result rows) and the entry's own keys. ``none`` is the clean control among
@@ -56,8 +58,13 @@ TOP_KEYS = (
     "attacks",
     "methods",
     "defenses",
+    "mode",
+    "zoo",
 )
 REQUIRED = ("corpora", "backbones", "methods", "defenses")
+MODES = ("victim", "scan")
+#: The axes a scan-only grid does not have.
+NOT_IN_SCAN_MODE = ("corpora", "methods", "defenses")
 SIZE_DEFAULTS: dict[str, Any] = {
     "max_train": None,
     "max_eval": None,
@@ -123,6 +130,7 @@ class AttackEntry:
     kind: str | None = None
     recipe: dict[str, Any] | None = None
     corpus: CorpusRef | None = None
+    seed: int | None = None  # the build seed; None: the cell's seed
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,8 @@ class GridSpec:
     seeds: tuple[int, ...]
     sizes: Sizes
     raw: dict[str, Any]
+    mode: str = "victim"
+    zoo: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,10 +544,14 @@ def _attack(where: str, item: dict[str, Any], w: _Where, base: Path) -> AttackEn
     if _is_none_entry(item, where, w):
         return AttackEntry(label=item.get("label") or NONE, name=NONE)
     name = item["name"]
-    _check_keys(item, ("name", "label", "recipe", "corpus", "text_column", "label_column"), where, w)
+    _check_keys(item, ("name", "label", "recipe", "corpus", "text_column", "label_column", "seed"), where, w)
     _require_known("attack", name, ATTACKS, where, w)
     config = _config(attack_config, name, item.get("recipe"), "attack", f"{where}.recipe", w)
-    task_specific = config.kind == "task-specific"
+    seed = item.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise w.fail(f"{where}.seed", f"must be an integer >= 0, got {seed!r}")
+    # a clean builder that fine-tunes reads labels, as the task-specific attacks do
+    task_specific = config.kind == "task-specific" or bool(getattr(config, "labelled", False))
     corpus = _corpus_ref(
         item.get("corpus") or type(config).default_corpus,
         f"{where}.corpus",
@@ -548,7 +562,12 @@ def _attack(where: str, item: dict[str, Any], w: _Where, base: Path) -> AttackEn
         labelled=task_specific,
     )
     return AttackEntry(
-        label=item.get("label") or name, name=name, kind=config.kind, recipe=config.to_dict(), corpus=corpus
+        label=item.get("label") or name,
+        name=name,
+        kind=config.kind,
+        recipe=config.to_dict(),
+        corpus=corpus,
+        seed=seed,
     )
 
 
@@ -601,23 +620,15 @@ def _defense(where: str, item: dict[str, Any], w: _Where) -> DefenseEntry:
 # The whole grid
 
 
-def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str = "") -> GridSpec:
-    """Validate a parsed grid mapping (see the module docstring) into a :class:`GridSpec`."""
-    w = _Where(source)
-    base = base or Path.cwd()
-    _check_keys(data, TOP_KEYS, "top level", w)
-    bad = non_finite_path(data)
-    if bad is not None:
-        raise w.fail(bad, "must be a finite number (NaN and infinities are refused)")
-    for key in REQUIRED:
-        if not data.get(key):
-            raise w.fail(key, "is missing or empty")
+def _name(data: dict[str, Any], source: str, w: _Where) -> tuple[str, str]:
     name = data.get("name") or (Path(source).stem if source else "grid")
     description = data.get("description") or ""
     if not isinstance(name, str) or not isinstance(description, str):
         raise w.fail("name", "name and description must be strings")
+    return name, description
 
-    # sizes
+
+def _sizes(data: dict[str, Any], w: _Where) -> Sizes:
     sizes_in = data.get("sizes") or {}
     if not isinstance(sizes_in, dict):
         raise w.fail("sizes", "must be a mapping")
@@ -633,9 +644,10 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
     ):
         if merged[key] is None:
             merged[key] = merged[fallback]
-    sizes = Sizes(**merged)
+    return Sizes(**merged)
 
-    # seeds
+
+def _seeds(data: dict[str, Any], w: _Where) -> tuple[int, ...]:
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -646,13 +658,82 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
             raise w.fail(f"seeds[{i}]", f"must be an integer >= 0, got {seed!r}")
     if len(set(seeds)) != len(seeds):
         raise w.fail("seeds", f"repeated seed in {seeds}")
+    return tuple(seeds)
 
-    # scan defaults (validated only when a backbone keeps its scan)
+
+def _scan_defaults(data: dict[str, Any], w: _Where) -> dict[str, Any]:
+    """The grid's scan settings (validated only where a backbone keeps its scan)."""
     scan_in = data.get("scan") or {}
     if not isinstance(scan_in, dict):
         raise w.fail("scan", "must be a mapping of scan settings")
     _check_keys(scan_in, tuple(SCAN_DEFAULTS), "scan", w)
-    scan_defaults = {**SCAN_DEFAULTS, **scan_in}
+    return {**SCAN_DEFAULTS, **scan_in}
+
+
+def _scan_grid(data: dict[str, Any], w: _Where, base: Path, source: str, zoo: str | None) -> GridSpec:
+    """A scan-only grid (``mode: scan``, module docstring): backbones x attacks x seeds, each scanned."""
+    name, description = _name(data, source, w)
+    seeds = _seeds(data, w)
+    sizes = _sizes(data, w)
+    scan_defaults = _scan_defaults(data, w)
+    backbones = []
+    for where, item in _entries(data["backbones"], "backbones", w):
+        if item.get("scan", True) is False:
+            raise w.fail(where, "a scan-only grid scans every backbone; scan: false is not allowed here")
+        backbones.append(_backbone(where, item, scan_defaults, w, base))
+    _unique_labels(backbones, "backbones", w)
+    attacks = [
+        _attack(where, item, w, base) for where, item in _entries(data.get("attacks") or [NONE], "attacks", w)
+    ]
+    _unique_labels(attacks, "attacks", w)
+    return GridSpec(
+        name=name,
+        description=description,
+        source=source,
+        corpora=(),
+        backbones=tuple(backbones),
+        attacks=tuple(attacks),
+        methods=(),
+        defenses=(),
+        seeds=seeds,
+        sizes=sizes,
+        raw=data,
+        mode="scan",
+        zoo=zoo,
+    )
+
+
+def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str = "") -> GridSpec:
+    """Validate a parsed grid mapping (see the module docstring) into a :class:`GridSpec`."""
+    w = _Where(source)
+    base = base or Path.cwd()
+    _check_keys(data, TOP_KEYS, "top level", w)
+    bad = non_finite_path(data)
+    if bad is not None:
+        raise w.fail(bad, "must be a finite number (NaN and infinities are refused)")
+    mode = data.get("mode", "victim")
+    if mode not in MODES:
+        raise w.fail("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+    zoo = data.get("zoo")
+    if zoo is not None and (not isinstance(zoo, str) or not zoo or _LABEL_RE.search(zoo)):
+        raise w.fail("zoo", f"must be a label (letters, digits, '.', '_', '+', '-'), got {zoo!r}")
+    if mode == "scan":
+        given = [k for k in NOT_IN_SCAN_MODE if k in data]
+        if given:
+            raise w.fail(
+                ", ".join(given),
+                "a scan-only grid (mode: scan) has no victims: leave out corpora, methods and defenses",
+            )
+        if not data.get("backbones"):
+            raise w.fail("backbones", "is missing or empty")
+        return _scan_grid(data, w, base, source, zoo)
+    for key in REQUIRED:
+        if not data.get(key):
+            raise w.fail(key, "is missing or empty")
+    name, description = _name(data, source, w)
+    seeds = _seeds(data, w)
+    sizes = _sizes(data, w)
+    scan_defaults = _scan_defaults(data, w)
 
     corpora = []
     for where, item in _entries(data["corpora"], "corpora", w):
@@ -687,6 +768,13 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
         _attack(where, item, w, base) for where, item in _entries(data.get("attacks") or [NONE], "attacks", w)
     ]
     _unique_labels(attacks, "attacks", w)
+    for j, attack in enumerate(attacks):
+        if attack.kind == "clean":
+            raise w.fail(
+                f"attacks[{j}] ({attack.label})",
+                "a clean builder plants no trigger to measure a victim with; use it in a scan-only grid "
+                "(mode: scan), or attack 'none' as the clean control",
+            )
     methods = [_method(where, item, w) for where, item in _entries(data["methods"], "methods", w)]
     _unique_labels(methods, "methods", w)
 
@@ -743,4 +831,5 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
         seeds=tuple(seeds),
         sizes=sizes,
         raw=data,
+        zoo=zoo,
     )

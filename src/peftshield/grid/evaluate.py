@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -354,4 +355,78 @@ def evaluate_cell(
     row["overhead_ratio"] = timer.guarded / timer.victim if victim is not None and timer.victim > 0 else None
     row["overhead_protocol"] = OVERHEAD_PROTOCOL
     row["inference_seconds"] = {"victim": round(timer.victim, 4), "guarded": round(timer.guarded, 4)}
+    return row
+
+
+# ------------------------------------------------------------------------------------- scan-only
+
+
+#: Ground-truth labels of a scan-only row (``evaluation.metrics.scan_metrics``' positive first).
+SCAN_LABELS = ("backdoored", "clean")
+
+
+def scan_label(attack_name: str, attack_kind: str | None) -> str:
+    """``clean`` for the backbone as it is (attack ``none``) and for a clean builder, else ``backdoored``."""
+    return "clean" if attack_name == "none" or attack_kind == "clean" else "backdoored"
+
+
+def evaluate_scan_cell(
+    scan_folder: str, backbone: str, attack_name: str, attack_kind: str | None
+) -> dict[str, Any]:
+    """The row of a scan-only cell (Wei et al., NDSS 2024, §VI-B: one row per scanned model).
+
+    ``label`` (ground truth, :func:`scan_label`), ``verdict``, ``score`` (the scan's per-model
+    score, docs/scan-format.md), ``scan_seconds`` (after loading), ``attempts``, ``steps``,
+    ``n_pvs``, ``outcomes`` (attempts per outcome); for a task-agnostic backdoor the PV recovery
+    against the planted PVs (``pv_*``, :func:`peftshield.defenses.lmsanitator.scan.pv_recovery`,
+    sign agreement > 0.8) and the attacker's probe of how well the backdoor took
+    (``attack_sign_match``, ``attack_monitor_rate``, ``attack_min_monitor_rate``); ``clean_drift``
+    (output drift from the source backbone) for every built model.
+    """
+    from peftshield.attacks.record import has_poison_record, load_pvs, read_poison_record
+    from peftshield.defenses.lmsanitator.scan import SCAN_FILE, pv_recovery
+    from peftshield.defenses.lmsanitator.scan import load_pvs as load_found
+    from peftshield.utils.io import read_json
+
+    doc = read_json(Path(scan_folder) / SCAN_FILE)
+    outcomes: dict[str, int] = {}
+    gaps = []
+    for attempt in doc.get("attempt_log", []):
+        outcome = str(attempt.get("outcome"))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        gap = attempt.get("gap")
+        if isinstance(gap, int | float) and np.isfinite(gap):
+            gaps.append(float(gap))
+    row: dict[str, Any] = {
+        "label": scan_label(attack_name, attack_kind),
+        "verdict": doc["verdict"],
+        "score": doc.get("score"),
+        "scan_seconds": doc.get("seconds"),
+        "attempts": doc.get("attempts"),
+        "steps": doc.get("steps"),
+        "n_pvs": doc.get("n_pvs"),
+        "outcomes": outcomes,
+        "best_gap": min(gaps) if gaps else None,
+        "thresholds": doc.get("thresholds"),
+        "clean_drift": None,
+    }
+    if attack_name == "none" or not has_poison_record(backbone):
+        return row
+    record = read_poison_record(backbone)
+    row["clean_drift"] = record.metrics.get("clean_drift")
+    row["build_seconds"] = record.wall_seconds
+    if record.kind == "clean":
+        row["build_metrics"] = {k: v for k, v in record.metrics.items() if k != "history"}
+    if record.pv_file is None:
+        return row
+    per = record.metrics.get("per_trigger", {}).values()
+    rates = [v["monitor_rate"] for v in per if isinstance(v.get("monitor_rate"), int | float)]
+    matches = [v["sign_match"] for v in per if isinstance(v.get("sign_match"), int | float)]
+    row["triggers"] = [t.describe() for t in record.trigger_objects()]
+    row["pv_family"] = record.recipe.get("pv_family")
+    row["attack_sign_match"] = float(np.mean(matches)) if matches else None
+    row["attack_monitor_rate"] = float(np.mean(rates)) if rates else None
+    row["attack_min_monitor_rate"] = min(rates) if rates else None
+    recovery = pv_recovery(load_found(scan_folder).pvs, load_pvs(backbone), t_match=0.8)
+    row.update({f"pv_{k}": v for k, v in recovery.items()})
     return row

@@ -72,14 +72,14 @@ def build_poison(stage: Stage, device: Any, out: Path) -> dict[str, Any]:
     from peftshield.attacks.config import attack_config_from_dict
 
     config = attack_config_from_dict(stage.spec["recipe"])
-    seed = int(stage.spec["seed"])
+    seed = int(stage.spec["seed"])  # the attack's own seed where the grid gives one
     corpus = stage.args["corpus"]
     label = stage.args["corpus_label"]
     from peftshield.attacks.poison import poison
 
     data = stage.spec.get("data") or {}
     splits = None
-    if config.kind != "task-agnostic":
+    if config.kind == "task-specific":
         splits = load_split(corpus, data["split_seed"], data["max_train"], data["max_eval"])
     result = poison(
         stage.args["backbone"],
@@ -356,6 +356,18 @@ def scrub_paths(text: str, results: Path) -> str:
 
 def cell_config(cell: Cell) -> dict[str, Any]:
     """Everything that configured the cell (the report prints it beside the figures), without paths."""
+    if cell.mode == "scan":
+        return {
+            "mode": "scan",
+            "backbone": portable_ref(cell.backbone.ref),
+            "attack": {
+                "name": cell.attack.name,
+                "recipe": cell.attack.recipe,
+                "corpus": portable_ref(cell.attack.corpus.ref) if cell.attack.corpus else None,
+                "seed": cell.poison.spec["seed"] if cell.poison else None,
+            },
+            "scan": cell.scan.spec if cell.scan else None,
+        }
     config: dict[str, Any] = {
         "corpus": portable_ref(cell.corpus.ref),
         "backbone": portable_ref(cell.backbone.ref),
@@ -378,7 +390,12 @@ def cell_config(cell: Cell) -> dict[str, Any]:
 
 
 def _head(cell: Cell) -> dict[str, Any]:
-    return {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "threshold": None}
+    if cell.mode == "scan":  # no defence: no threshold; the builder names how the model was made
+        return {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "builder": cell.attack.name}
+    head = {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "threshold": None}
+    if cell.zoo is not None:
+        head["zoo"] = cell.zoo
+    return head
 
 
 def record_failure(
@@ -456,6 +473,22 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
         device = resolve_device(device_name)
         paths, entries = _run_chain(cell, store, device)
         _crash_once()
+        if cell.mode == "scan":
+            from peftshield.grid.evaluate import evaluate_scan_cell
+
+            metrics = evaluate_scan_cell(paths["scan"], paths["backbone"], cell.attack.name, cell.attack.kind)
+            row = {
+                **_head(cell),
+                **metrics,
+                "poison_seconds": entries.get("poison", {}).get("seconds"),
+                "seconds": round(time.perf_counter() - started, 3),
+                "stages": entries,
+                "config": cell_config(cell),
+                "meta": run_metadata(),
+            }
+            write_json(cell_file(results, cell.id), row)
+            store.log.write("cell-done", cell=cell.id, seconds=row["seconds"])
+            return row
         victim = None
         if paths["victim"] is not None:
             victim = load_tuned(paths["victim"], device=device, backbone=paths["backbone"])
