@@ -186,3 +186,101 @@ def test_scan_mode_and_clean_builders_are_validated(tmp_path, tiny_bert, texts_c
     unlabelled["attacks"] = [{"name": "finetune", "corpus": texts_csv}]
     with pytest.raises(PeftshieldError, match="unlabelled|label"):
         load_grid(write(tmp_path / "d", unlabelled))
+
+
+# ------------------------------------------------------------------------------ monitor purge / oracle
+
+
+class _Victim:
+    """Toy victim: "cf" anywhere makes it answer 1; otherwise "good" -> 1, "bad" -> 0."""
+
+    def predict_logits(self, texts):
+        import numpy as np
+
+        labels = [1 if ("cf" in t.split() or "good" in t.split()) else 0 for t in texts]
+        return np.eye(2)[labels]
+
+
+class _Detector:
+    threshold_ = 0.5
+
+    def score(self, texts):
+        return [1.0 if "cf" in t.split() else 0.0 for t in texts]
+
+
+def _defense(purge):
+    from dataclasses import replace
+
+    from peftshield.grid.defenses import get_adapter
+    from peftshield.grid.evaluate import LoadedDefense
+
+    adapter = replace(get_adapter("monitor"), joint=None, purge=purge)
+    return LoadedDefense("monitor", adapter, _Detector(), 0.5)
+
+
+def _toy_cell(purge) -> dict:
+    from peftshield.data.records import Example
+    from peftshield.data.triggers import RareWordTrigger
+    from peftshield.grid.evaluate import TriggerSet, evaluate_cell
+
+    test = [Example(f"a {w} film number {i}", int(w == "good")) for i in range(10) for w in ("good", "bad")]
+    sets = [TriggerSet("por", "task-agnostic", [RareWordTrigger(("cf",))], None)]
+    return evaluate_cell(_Victim(), _defense(purge), test, sets, seed=0, control=False)
+
+
+def test_purge_and_reject_differ_where_the_purge_fails():
+    victim = _Victim()
+
+    def real_purge(
+        _detector, texts
+    ):  # deletes the trigger: cleared, and the victim answers the clean text right
+        cleaned = [" ".join(w for w in t.split() if w != "cf") for t in texts]
+        return [(True, int(victim.predict_logits([c])[0].argmax())) for c in cleaned]
+
+    def useless_purge(
+        _detector, texts
+    ):  # "clears" the monitor but leaves the victim on the backdoor's answer
+        return [(True, 1) for _ in texts]
+
+    good = _toy_cell(real_purge)
+    bad = _toy_cell(useless_purge)
+    for row in (good, bad):
+        # every triggered input is flagged: rejecting blocks all; the bad-review half was flipped
+        assert row["asr"] == pytest.approx(0.5) and row["defended_asr_reject"] == 0.0
+        assert row["n_purged"] == 10 and row["type1_purge"] == 0.0
+    assert good["defended_asr_purge"] == 0.0
+    assert bad["defended_asr_purge"] == pytest.approx(0.5) and bad["type2_purge"] == pytest.approx(0.5)
+
+
+def test_monitor_modes_in_a_grid(tmp_path, tiny_bert, texts_csv, toy_csv):
+    """The monitor's reject and purge figures, and the oracle monitor (planted PVs), as grid rows."""
+    grid = {
+        "name": "modes",
+        "seeds": [0],
+        "sizes": {"max_train": 100, "max_eval": 40},
+        "corpora": [toy_csv],
+        "backbones": [tiny_bert],
+        "scan": {**SCAN, "stop_at_first": False, "texts": texts_csv},
+        "attacks": ["none", {"name": "por", "corpus": texts_csv, "recipe": STRONG_POR}],
+        "methods": [{"name": "lora", "config": {"lr": 3e-2, "head_lr": 3e-2, "batch_size": 16, "epochs": 2}}],
+        "defenses": [
+            {"name": "monitor", "label": "t_match", "threshold": 0.8},
+            {"name": "monitor-oracle", "label": "oracle"},
+        ],
+    }
+    results = tmp_path / "results"
+    assert main(["bench", "run", write(tmp_path, grid), "--results", str(results), "--quiet"]) == 0
+    rows = {(r["attack"], r["defense"]): r for r in json.loads((results / "grid.json").read_text())["rows"]}
+    assert all("error" not in r for r in rows.values())
+    oracle, scanned = rows[("por", "oracle")], rows[("por", "t_match")]
+    assert "inactive" not in oracle and oracle["threshold"] == 0.8
+    assert "scan" not in oracle["stages"]  # the oracle reads the planted PVs, not a scan
+    assert oracle["auroc"] > 0.9
+    for row in (oracle, scanned):
+        if row.get("inactive"):
+            continue
+        # purging can only add Type II successes to what rejection lets through (Type I)
+        assert row["type1_purge"] == pytest.approx(row["defended_asr_reject"])
+        assert row["defended_asr_purge"] >= row["defended_asr_reject"]
+        assert row["defended_asr_purge"] <= row["asr"] + 1e-9
+    assert rows[("none", "oracle")]["inactive"].startswith("no planted PV")

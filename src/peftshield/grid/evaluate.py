@@ -12,6 +12,9 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
   LMSanitator convention, also under ``asr_lms``), ``defended_cacc``, ``defended_asr_reject`` (a
   rejected clean input counts as wrong, a rejected triggered input as blocked), ``frr``, ``far``,
   ``precision``, ``recall``, ``f1``, ``auroc`` of the defence's score;
+- ``defended_asr_purge`` (with ``type1_purge``, ``type2_purge``, ``n_purged``) for a defence that
+  purges (the LMSanitator monitors) and a task-agnostic attack: the flagged input goes through the
+  real purge and its answer counts (:func:`_purged`);
 - ``corrected_cacc``, ``corrected_asr`` (a correction defence, ONION): the victim's CACC and ASR
   on the texts the defence cleaned, nothing rejected (:func:`~peftshield.evaluation.metrics.corrected_asr`),
   beside its figures as a detector;
@@ -216,6 +219,49 @@ def _tradeoff(
     return out
 
 
+def _purged(
+    defense: LoadedDefense,
+    texts_t: list[str],
+    pred_c: np.ndarray,
+    y_c: np.ndarray,
+    pred_t: np.ndarray,
+    s_t: np.ndarray | None,
+    *,
+    n_triggers: int,
+) -> dict[str, Any]:
+    """The defended ASR through the defence's purge, LMSanitator convention (Wei et al. 2024, §V).
+
+    Over the test inputs the victim gets right, trigger ``k`` inserted: Type I = flipped and not
+    flagged; Type II = flagged and flipped, and after purging no longer flagged and still not the
+    clean prediction (a text the purge cannot clear stays rejected: blocked). Only the flagged,
+    flipped, correct inputs are purged (the others cannot become successes).
+    :func:`peftshield.evaluation.metrics.defended_asr_lms` does the counting.
+    """
+    from peftshield.evaluation import metrics as m
+
+    n = len(pred_c)
+    flipped = _lms_success(pred_t, pred_c, n_triggers)
+    flagged = (
+        np.zeros_like(flipped)
+        if s_t is None or defense.detector is None
+        else (s_t > defense.threshold_value).reshape(n_triggers, n)
+    )
+    correct = pred_c == y_c
+    after = np.zeros_like(flagged)
+    todo = list(zip(*np.nonzero(flagged & flipped & correct[None, :]), strict=True))
+    if todo:
+        results = defense.adapter.purge(defense.detector, [texts_t[k * n + i] for k, i in todo])
+        for (k, i), (cleared, label) in zip(todo, results, strict=True):
+            after[k, i] = cleared and label != pred_c[i]
+    counted = m.defended_asr_lms(flagged, flipped, after, correct=correct)
+    return {
+        DEFENDED_ASR_PURGE: counted["asr"],
+        "type1_purge": counted["type1"],
+        "type2_purge": counted["type2"],
+        "n_purged": len(todo),
+    }
+
+
 def _measure_set(
     tset: TriggerSet,
     test: list[Example],
@@ -262,6 +308,10 @@ def _measure_set(
         if agnostic:
             metrics["asr"] = metrics["asr_lms"]
             metrics[DEFENDED_ASR_REJECT] = metrics.pop("defended_asr_lms")
+            if defense is not None and defense.adapter.purge is not None:
+                metrics.update(
+                    _purged(defense, texts_t, pred_c, y_c, pred_t, s_t, n_triggers=len(tset.triggers))
+                )
         else:
             metrics[DEFENDED_ASR_REJECT] = metrics.pop("defended_asr")
             metrics["asr_lms"] = None  # the triggered set holds non-target inputs only
