@@ -284,3 +284,69 @@ def test_monitor_modes_in_a_grid(tmp_path, tiny_bert, texts_csv, toy_csv):
         assert row["defended_asr_purge"] >= row["defended_asr_reject"]
         assert row["defended_asr_purge"] <= row["asr"] + 1e-9
     assert rows[("none", "oracle")]["inactive"].startswith("no planted PV")
+
+
+# ------------------------------------------------------------------------------ the report's reader
+
+
+def test_report_reads_scan_only_rows_and_leaves_the_oracle_out(tmp_path):
+    from peftshield.reporting.build import write_report
+    from peftshield.reporting.lmsanitator import is_oracle_row, is_zoo_row, scan_summary
+    from peftshield.reporting.measured import MEASURES
+    from peftshield.reporting.results import load_results
+
+    def scan_row(model, label, verdict, score, seconds):
+        return {
+            "mode": "scan",
+            "zoo": "seed",
+            "model": model,
+            "attack": model,
+            "builder": model.split("-")[0],
+            "label": label,
+            "verdict": verdict,
+            "score": score,
+            "scan_seconds": seconds,
+            "seconds": 999.0,
+        }
+
+    zoo = [
+        scan_row("por-a", "backdoored", "backdoored", 2.0, 10.0),
+        scan_row("por-b", "backdoored", "clean", -0.5, 200.0),
+        scan_row("simcse-a", "clean", "clean", -1.0, 180.0),
+        scan_row("denoise-a", "clean", "clean", -0.2, 170.0),
+    ]
+    summary, unscored = scan_summary(zoo)
+    assert not unscored and summary["n"] == 4 and summary["fn"] == 1 and summary["tn"] == 2
+    assert summary["auroc"] == pytest.approx(0.75)  # 3 of 4 (backdoored, clean) pairs ranked right
+    assert summary["seconds_mean"] == pytest.approx(140.0)  # scan_seconds, not the cell's seconds
+    victim = {
+        "attack": "por-a",
+        "method": "lora",
+        "defense": "t_match-0.8",
+        "asr_lms": 1.0,
+        "defended_asr_reject": 0.0,
+        "defended_asr_purge": 0.02,
+        "frr": 0.01,
+        "config": {"defense": {"name": "monitor"}},
+    }
+    oracle = {
+        **victim,
+        "defense": "oracle-0.8",
+        "defended_asr_purge": 0.0,
+        "config": {"defense": {"name": "monitor-oracle"}},
+    }
+    assert all(is_zoo_row(r) for r in zoo) and not is_zoo_row(victim)
+    assert is_oracle_row(oracle) and not is_oracle_row(victim)
+    doc = {
+        "benchmark": "lmsanitator",
+        "meta": {"command": "test"},
+        "rows": zoo + [victim, oracle],
+        "summary": {},
+    }
+    (tmp_path / "lmsanitator.json").write_text(json.dumps(doc), encoding="utf-8")
+    results = load_results(tmp_path)
+    figure = MEASURES["lms-asr"](results, None)
+    assert "0 of 1 victim cells below 1%" in figure.figure  # the oracle's 0.0 is not counted
+    write_report(tmp_path, tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "Zoo by builder" in text and "score AUROC" in text
