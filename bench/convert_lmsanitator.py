@@ -148,7 +148,7 @@ def convert(old: dict[str, Any]) -> dict[str, Any]:
             rows += _victim_rows(r, searches.get(r["model"], {}), victim_ids)
     meta = dict(old["meta"])
     meta["converted"] = {
-        "by": "bench/convert_lmsanitator.py (issue 16): the old rows in the grid's shape, nothing re-measured",
+        "by": "bench/convert_lmsanitator.py (issue 16): old rows in the grid's shape, nothing re-measured",
         "grids": ["bench/grids/lmsanitator_zoo.json", "bench/grids/lmsanitator_victims.json"],
     }
     summary = {"old_summary": old.get("summary", {})}
