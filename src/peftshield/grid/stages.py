@@ -6,13 +6,15 @@ with the library's own entry points and returns what it measured:
 - poison: :func:`peftshield.attacks.task_specific.poison_task_specific` (full fine-tuning on a
   poisoned labelled corpus, PSIM's threat model) or
   :func:`peftshield.attacks.task_agnostic.poison_task_agnostic` (POR / NeuBA on unlabelled text,
-  LMSanitator's threat model);
+  LMSanitator's threat model), or a clean builder (:mod:`peftshield.attacks.clean`: a model
+  continued-trained with an honest objective, the clean half of a zoo);
 - victim: :func:`peftshield.tuning.trainer.tune` + :func:`~peftshield.tuning.trainer.save_tuned`;
 - scan: :func:`peftshield.defenses.lmsanitator.scan.scan` (PV mining and filtering);
 - defence: the defence's adapter (:mod:`peftshield.grid.defenses`).
 
 :func:`execute_cell` runs the chain of a cell (building or reusing each artifact), then
-:func:`peftshield.grid.evaluate.evaluate_cell`, and writes the cell's result file. Every artifact
+:func:`peftshield.grid.evaluate.evaluate_cell` (a scan-only cell:
+:func:`~peftshield.grid.evaluate.evaluate_scan_cell`), and writes the cell's result file. Every artifact
 is read back from disk before it is used, whether it was built just now or long ago, so a resumed
 run computes exactly what an uninterrupted one does.
 """
