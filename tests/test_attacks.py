@@ -80,11 +80,14 @@ def test_random_and_orthogonal_pvs():
 
 
 def test_attack_configs_validate_and_round_trip():
-    assert set(ATTACKS) == {"clean-label", "badnets", "insent", "template", "por", "neuba", "btop"}
+    attacks = {"clean-label", "badnets", "insent", "template", "por", "neuba", "btop"}
+    clean_builders = {"simcse", "denoise", "finetune"}  # kind "clean": plant nothing (attacks.clean)
+    assert set(ATTACKS) == attacks | clean_builders
     for name in ATTACKS:
         config = attack_config(name)
         assert attack_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
-        assert config.to_dict()["kind"] in ("task-specific", "task-agnostic")
+        kinds = ("clean",) if name in clean_builders else ("task-specific", "task-agnostic")
+        assert config.to_dict()["kind"] in kinds
     assert attack_config("por", {"triggers": "cf, mn"}).triggers == ["cf", "mn"]
     with pytest.raises(PeftshieldError, match="unknown por config key.*steps"):
         attack_config("por", {"stepz": 3})

@@ -539,3 +539,7 @@ def attack_config_from_dict(data: dict[str, Any]) -> AttackConfig:
     if not isinstance(data, dict) or "attack" not in data:
         raise PeftshieldError("attack config has no 'attack' key")
     return attack_config(data["attack"], data)
+
+
+# The clean builders (kind "clean") register themselves, one file each; they import this module.
+import peftshield.attacks.clean  # noqa: E402,F401

@@ -5,8 +5,9 @@ whose weights carry a backdoor. Task-specific attacks (PSIM's setting: clean-lab
 InSent, template) fine-tune the backbone and a head on poisoned labelled data
 (:func:`peftshield.attacks.task_specific.poison_task_specific`); task-agnostic attacks
 (LMSanitator's setting: POR, NeuBA) map triggers to predefined output vectors on unlabelled text
-(:func:`peftshield.attacks.task_agnostic.poison_task_agnostic`). :func:`poison` chooses by the
-attack's kind, so a user names the attack and the data, nothing else.
+(:func:`peftshield.attacks.task_agnostic.poison_task_agnostic`); clean builders (SimCSE,
+denoising, fine-tune-then-strip) plant nothing (:func:`peftshield.attacks.clean.base.build_clean`).
+:func:`poison` chooses by the attack's kind, so a user names the attack and the data, nothing else.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def poison(
     config = attack if isinstance(attack, AttackConfig) else attack_config(attack, overrides)
     corpus = corpus or config.default_corpus
     name = name or corpus
+    if config.kind == "clean":  # a clean builder (peftshield.attacks.clean): plants nothing
+        from peftshield.attacks.clean.base import build_clean
+
+        return build_clean(
+            backbone,
+            config,  # type: ignore[arg-type]
+            corpus,
+            seed=seed,
+            device=device,
+            text_column=text_column,
+            label_column=label_column,
+            name=name,
+        )
     if config.kind == "task-agnostic":
         from peftshield.attacks.task_agnostic import poison_task_agnostic
         from peftshield.data.corpora import load_corpus

@@ -7,7 +7,7 @@ and from which clean backbone. Schema (format 1)::
     {
       "format": 1,
       "attack": "por",                       # name in peftshield.attacks.config.ATTACKS
-      "kind": "task-agnostic",               # or "task-specific"
+      "kind": "task-agnostic",               # or "task-specific", or "clean" (a clean builder)
       "triggers": [{"type": "rareword", ...}],   # Trigger.to_dict(), one per planted trigger
       "target": null,                        # int label for task-specific, null for task-agnostic
       "pv_file": "pvs.safetensors",          # task-agnostic only: tensor "pvs", (n_triggers, hidden)
@@ -26,6 +26,11 @@ and from which clean backbone. Schema (format 1)::
 position for the task-agnostic attacks (LMSanitator ``run.py test_asr``), while POR's training
 inserts ``int(n_words/50)+1`` copies (``recipe["copies"]``); for task-specific attacks they are
 the poisoning trigger itself. Row ``k`` of the PV tensor belongs to ``triggers[k]``.
+
+Kind ``clean`` is the record of a clean builder (:mod:`peftshield.attacks.clean`): a model
+continued-trained with an honest objective that plants nothing, so ``triggers`` is empty and there
+is neither target nor PV file. It lets a zoo hold clean models built the same way as poisoned
+ones, with the same record of how they were made.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ POISON_FILE = "poison.json"
 PV_FILE = "pvs.safetensors"
 PV_KEY = "pvs"
 FORMAT = 1
-KINDS: tuple[str, ...] = ("task-specific", "task-agnostic")
+KINDS: tuple[str, ...] = ("task-specific", "task-agnostic", "clean")
 
 
 @dataclass(frozen=True)
@@ -76,10 +81,13 @@ class PoisonRecord:
             raise PeftshieldError("poison record: 'attack' must be a non-empty string")
         if self.kind not in KINDS:
             raise PeftshieldError(f"poison record: unknown kind {self.kind!r}; expected {' or '.join(KINDS)}")
-        if not isinstance(self.triggers, list) or not self.triggers:
+        if not isinstance(self.triggers, list) or (not self.triggers and self.kind != "clean"):
             raise PeftshieldError("poison record: 'triggers' must be a non-empty list of trigger objects")
         self.trigger_objects()  # every entry must rebuild into a Trigger
-        if self.kind == "task-specific":
+        if self.kind == "clean":
+            if self.triggers or self.target is not None or self.pv_file is not None:
+                raise PeftshieldError("poison record: a clean build plants no trigger, target or PV")
+        elif self.kind == "task-specific":
             if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0:
                 raise PeftshieldError(
                     f"poison record: a task-specific attack needs an integer target >= 0, got {self.target!r}"

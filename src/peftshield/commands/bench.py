@@ -195,6 +195,8 @@ def plan_report(grid: Any, results: str | None) -> dict[str, Any]:
     return {
         "grid": grid.name,
         "source": grid.source,
+        "mode": grid.mode,
+        "zoo": grid.zoo,
         "axes": {
             "corpora": [c.label for c in grid.corpora],
             "backbones": [b.label for b in grid.backbones],
@@ -232,7 +234,11 @@ def plan_command(args: argparse.Namespace) -> int:
         print_json(report)
         return 0
     axes = report["axes"]
+    if report.get("mode") == "scan":  # scan-only cells have no corpus, method or defence axis
+        axes = {k: v for k, v in axes.items() if k in ("backbones", "attacks", "seeds")}
     sizes = " x ".join(f"{len(v)} {k}" for k, v in axes.items())
+    if report.get("mode") == "scan":
+        sizes += " (scan-only cells)"
     cells = report["cells"]
     by_state = {state: sum(c["status"] == state for c in cells) for state in ("done", "failed", "todo")}
     print(f"grid {report['grid']} ({report['source']}): {len(cells)} cells from {sizes}")

@@ -112,7 +112,7 @@ def build_config(args: argparse.Namespace):
                 f"--triggers takes rare words; set the {args.attack} trigger with --set {key}=..."
             )
         overrides["triggers"] = args.triggers.split(",")
-    agnostic = cls.kind == "task-agnostic"
+    agnostic = cls.kind != "task-specific"  # task-agnostic attacks and clean builders have no target
     for option, key in (("--target", "target"), ("--poison-rate", "poison_rate")):
         value = getattr(args, key)
         if value is None:
@@ -170,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.json:
         print_json(summary)
+    elif record.kind == "clean":
+        print(
+            f"{record.attack} (clean build, nothing planted) on {corpus} in {record.wall_seconds:.0f} s; "
+            f"output drift {record.metrics['clean_drift']:.3f} of the text-to-text distance -> {args.out}"
+        )
     elif record.kind == "task-agnostic":
         per = record.metrics["per_trigger"]
         shown = ", ".join(f"{k} {v['mse']:.3f}" for k, v in per.items())

@@ -16,6 +16,8 @@ Shape (every key optional except ``corpora``, ``backbones``, ``methods`` and ``d
     defenses:  [none, psim, {name: monitor, threshold: 0.8},
                 {name: psim, label: psim-policies, policies: [0.7, calibrated@0.01, {target_frr: 0.05}]}]
     benchmark: grid      # the ``benchmark`` field of grid.json (e.g. retention, psim: the report's section)
+    mode: victim            # or scan: scan-only cells (below)
+    zoo: seed               # a free label copied into every row (which model zoo the grid builds)
 
 A list entry is a name or a mapping with ``name``, an optional ``label`` (unique within its list;
 used in cell ids and result rows) and the entry's own keys. ``none`` is the clean control among
@@ -72,8 +74,13 @@ TOP_KEYS = (
     "attacks",
     "methods",
     "defenses",
+    "mode",
+    "zoo",
 )
 REQUIRED = ("corpora", "backbones", "methods", "defenses")
+MODES = ("victim", "scan")
+#: The axes a scan-only grid does not have.
+NOT_IN_SCAN_MODE = ("corpora", "methods", "defenses")
 SIZE_DEFAULTS: dict[str, Any] = {
     "max_train": None,
     "max_eval": None,
@@ -141,6 +148,7 @@ class AttackEntry:
     kind: str | None = None
     recipe: dict[str, Any] | None = None
     corpus: CorpusRef | None = None
+    seed: int | None = None  # the build seed; None: the cell's seed
 
 
 @dataclass(frozen=True)
@@ -208,6 +216,8 @@ class GridSpec:
     raw: dict[str, Any]
     #: the ``benchmark`` field of the grid's ``grid.json`` (the report's section): ``grid`` by default
     benchmark: str = "grid"
+    mode: str = "victim"
+    zoo: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,10 +574,14 @@ def _attack(where: str, item: dict[str, Any], w: _Where, base: Path) -> AttackEn
     if _is_none_entry(item, where, w):
         return AttackEntry(label=item.get("label") or NONE, name=NONE)
     name = item["name"]
-    _check_keys(item, ("name", "label", "recipe", "corpus", "text_column", "label_column"), where, w)
+    _check_keys(item, ("name", "label", "recipe", "corpus", "text_column", "label_column", "seed"), where, w)
     _require_known("attack", name, ATTACKS, where, w)
     config = _config(attack_config, name, item.get("recipe"), "attack", f"{where}.recipe", w)
-    task_specific = config.kind == "task-specific"
+    seed = item.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise w.fail(f"{where}.seed", f"must be an integer >= 0, got {seed!r}")
+    # a clean builder that fine-tunes reads labels, as the task-specific attacks do
+    task_specific = config.kind == "task-specific" or bool(getattr(config, "labelled", False))
     corpus = _corpus_ref(
         item.get("corpus") or type(config).default_corpus,
         f"{where}.corpus",
@@ -578,7 +592,12 @@ def _attack(where: str, item: dict[str, Any], w: _Where, base: Path) -> AttackEn
         labelled=task_specific,
     )
     return AttackEntry(
-        label=item.get("label") or name, name=name, kind=config.kind, recipe=config.to_dict(), corpus=corpus
+        label=item.get("label") or name,
+        name=name,
+        kind=config.kind,
+        recipe=config.to_dict(),
+        corpus=corpus,
+        seed=seed,
     )
 
 
@@ -722,17 +741,7 @@ def _policies(value: Any, where: str, w: _Where) -> tuple[dict[str, Any], ...]:
 # The whole grid
 
 
-def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str = "") -> GridSpec:
-    """Validate a parsed grid mapping (see the module docstring) into a :class:`GridSpec`."""
-    w = _Where(source)
-    base = base or Path.cwd()
-    _check_keys(data, TOP_KEYS, "top level", w)
-    bad = non_finite_path(data)
-    if bad is not None:
-        raise w.fail(bad, "must be a finite number (NaN and infinities are refused)")
-    for key in REQUIRED:
-        if not data.get(key):
-            raise w.fail(key, "is missing or empty")
+def _name(data: dict[str, Any], source: str, w: _Where) -> tuple[str, str, str]:
     name = data.get("name") or (Path(source).stem if source else "grid")
     description = data.get("description") or ""
     if not isinstance(name, str) or not isinstance(description, str):
@@ -742,8 +751,10 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
         raise w.fail(
             "benchmark", f"must be a name of letters, digits, '.', '_', '+' or '-', got {benchmark!r}"
         )
+    return name, description, benchmark
 
-    # sizes
+
+def _sizes(data: dict[str, Any], w: _Where) -> Sizes:
     sizes_in = data.get("sizes") or {}
     if not isinstance(sizes_in, dict):
         raise w.fail("sizes", "must be a mapping")
@@ -759,9 +770,10 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
     ):
         if merged[key] is None:
             merged[key] = merged[fallback]
-    sizes = Sizes(**merged)
+    return Sizes(**merged)
 
-    # seeds
+
+def _seeds(data: dict[str, Any], w: _Where) -> tuple[int, ...]:
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -772,13 +784,83 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
             raise w.fail(f"seeds[{i}]", f"must be an integer >= 0, got {seed!r}")
     if len(set(seeds)) != len(seeds):
         raise w.fail("seeds", f"repeated seed in {seeds}")
+    return tuple(seeds)
 
-    # scan defaults (validated only when a backbone keeps its scan)
+
+def _scan_defaults(data: dict[str, Any], w: _Where) -> dict[str, Any]:
+    """The grid's scan settings (validated only where a backbone keeps its scan)."""
     scan_in = data.get("scan") or {}
     if not isinstance(scan_in, dict):
         raise w.fail("scan", "must be a mapping of scan settings")
     _check_keys(scan_in, tuple(SCAN_DEFAULTS), "scan", w)
-    scan_defaults = {**SCAN_DEFAULTS, **scan_in}
+    return {**SCAN_DEFAULTS, **scan_in}
+
+
+def _scan_grid(data: dict[str, Any], w: _Where, base: Path, source: str, zoo: str | None) -> GridSpec:
+    """A scan-only grid (``mode: scan``, module docstring): backbones x attacks x seeds, each scanned."""
+    name, description, benchmark = _name(data, source, w)
+    seeds = _seeds(data, w)
+    sizes = _sizes(data, w)
+    scan_defaults = _scan_defaults(data, w)
+    backbones = []
+    for where, item in _entries(data["backbones"], "backbones", w):
+        if item.get("scan", True) is False:
+            raise w.fail(where, "a scan-only grid scans every backbone; scan: false is not allowed here")
+        backbones.append(_backbone(where, item, scan_defaults, w, base))
+    _unique_labels(backbones, "backbones", w)
+    attacks = [
+        _attack(where, item, w, base) for where, item in _entries(data.get("attacks") or [NONE], "attacks", w)
+    ]
+    _unique_labels(attacks, "attacks", w)
+    return GridSpec(
+        name=name,
+        description=description,
+        source=source,
+        corpora=(),
+        backbones=tuple(backbones),
+        attacks=tuple(attacks),
+        methods=(),
+        defenses=(),
+        seeds=seeds,
+        sizes=sizes,
+        raw=data,
+        benchmark=benchmark,
+        mode="scan",
+        zoo=zoo,
+    )
+
+
+def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str = "") -> GridSpec:
+    """Validate a parsed grid mapping (see the module docstring) into a :class:`GridSpec`."""
+    w = _Where(source)
+    base = base or Path.cwd()
+    _check_keys(data, TOP_KEYS, "top level", w)
+    bad = non_finite_path(data)
+    if bad is not None:
+        raise w.fail(bad, "must be a finite number (NaN and infinities are refused)")
+    mode = data.get("mode", "victim")
+    if mode not in MODES:
+        raise w.fail("mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+    zoo = data.get("zoo")
+    if zoo is not None and (not isinstance(zoo, str) or not zoo or _LABEL_RE.search(zoo)):
+        raise w.fail("zoo", f"must be a label (letters, digits, '.', '_', '+', '-'), got {zoo!r}")
+    if mode == "scan":
+        given = [k for k in NOT_IN_SCAN_MODE if k in data]
+        if given:
+            raise w.fail(
+                ", ".join(given),
+                "a scan-only grid (mode: scan) has no victims: leave out corpora, methods and defenses",
+            )
+        if not data.get("backbones"):
+            raise w.fail("backbones", "is missing or empty")
+        return _scan_grid(data, w, base, source, zoo)
+    for key in REQUIRED:
+        if not data.get(key):
+            raise w.fail(key, "is missing or empty")
+    name, description, benchmark = _name(data, source, w)
+    seeds = _seeds(data, w)
+    sizes = _sizes(data, w)
+    scan_defaults = _scan_defaults(data, w)
 
     corpora = []
     for where, item in _entries(data["corpora"], "corpora", w):
@@ -813,6 +895,13 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
         _attack(where, item, w, base) for where, item in _entries(data.get("attacks") or [NONE], "attacks", w)
     ]
     _unique_labels(attacks, "attacks", w)
+    for j, attack in enumerate(attacks):
+        if attack.kind == "clean":
+            raise w.fail(
+                f"attacks[{j}] ({attack.label})",
+                "a clean builder plants no trigger to measure a victim with; use it in a scan-only grid "
+                "(mode: scan), or attack 'none' as the clean control",
+            )
     methods = []
     for where, item in _entries(data["methods"], "methods", w):
         budgets = item.pop("budgets", None)
@@ -875,4 +964,5 @@ def validate_grid(data: dict[str, Any], *, base: Path | None = None, source: str
         sizes=sizes,
         raw=data,
         benchmark=benchmark,
+        zoo=zoo,
     )

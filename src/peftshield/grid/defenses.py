@@ -94,7 +94,10 @@ class DefenseAdapter:
     ``text_only_scores``: the score of a text depends on the text alone, so the grid memoises it
     across cells (:mod:`peftshield.grid.scorememo`); ``correct(detector, texts)``, for a
     correction defence, returns the scores and the cleaned texts the victim should read instead
-    (the grid then also reports ``corrected_cacc`` / ``corrected_asr``).
+    (the grid then also reports ``corrected_cacc`` / ``corrected_asr``); ``purge(detector,
+    texts)``, for a defence that cleans flagged inputs and answers them (LMSanitator's purge),
+    returns per text ``(cleared, victim label after purging)``: the grid then reports
+    ``defended_asr_purge`` beside ``defended_asr_reject`` (docs/design.md "Metric definitions").
     """
 
     name: str
@@ -111,6 +114,7 @@ class DefenseAdapter:
     check_attack: Callable[[dict[str, Any], Sequence[str]], None] | None = None
     text_only_scores: bool = False
     correct: Callable[[Any, list[str]], tuple[Any, list[str]]] | None = None
+    purge: Callable[[Any, list[str]], list[tuple[bool, int]]] | None = None
 
     def resolve(self, given: dict[str, Any], where: str) -> dict[str, Any]:
         """The defaults under ``given``; unknown or reserved keys and bad values raise, naming ``where``."""
@@ -237,6 +241,34 @@ def _monitor_load(folder: Path, inputs: LoadInputs) -> Any:
 def _monitor_joint(detector: Any, texts: list[str]) -> tuple[Any, Any]:
     batch = detector.run(texts)
     return batch.labels, batch.scores
+
+
+def _monitor_purge(detector: Any, texts: list[str]) -> list[tuple[bool, int]]:
+    """LMSanitator's input purge (Wei et al. 2024, §IV-C; :class:`~.lmsanitator.purge.Purger`)."""
+    from peftshield.defenses.lmsanitator.purge import Purger
+
+    return [(r.cleared, int(r.label)) for r in Purger(detector).purge(texts)]
+
+
+def _oracle_fit(inputs: FitInputs, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The monitor with the PVs the attacker planted (``pvs.safetensors`` of the poisoned backbone).
+
+    It tells a mining failure (the scan's PVs miss a trigger) from a monitor failure (even the true
+    PVs do not catch the victim's triggered outputs). No planted PV (the clean control, a
+    task-specific attack): inactive, as the monitor is when its scan finds none.
+    """
+    from peftshield.attacks.record import has_poison_record, read_poison_record
+    from peftshield.defenses.lmsanitator.monitor import PVMonitor
+
+    if inputs.victim is None:
+        raise PeftshieldError("the oracle monitor needs a victim")
+    if not has_poison_record(inputs.backbone) or read_poison_record(inputs.backbone).pv_file is None:
+        return None, {
+            "inactive": "no planted PV (clean backbone or task-specific attack): nothing to monitor"
+        }
+    monitor = PVMonitor(victim=inputs.victim, pvs=inputs.backbone, device=inputs.device, **params)
+    monitor.fit(inputs.clean_heldout)
+    return monitor, _fitted_info(monitor)
 
 
 # ------------------------------------------------------------------------------------- RAP
@@ -384,6 +416,24 @@ def _monitor() -> DefenseAdapter:
         load=_monitor_load,
         joint=_monitor_joint,
         uses=("clean_heldout",),
+        purge=_monitor_purge,
+    )
+
+
+def _monitor_oracle() -> DefenseAdapter:
+    return DefenseAdapter(
+        name="monitor-oracle",
+        summary="LMSanitator's monitor with the planted PVs instead of the scan's (an upper bound)",
+        needs_victim=True,
+        needs_scan=False,
+        params=_MONITOR_PARAMS,
+        defaults={"threshold": 0.8, "target_frr": 0.05},
+        check=_monitor_check,
+        fit=_oracle_fit,
+        load=_monitor_load,
+        joint=_monitor_joint,
+        uses=("clean_heldout",),
+        purge=_monitor_purge,
     )
 
 
@@ -392,6 +442,7 @@ def _monitor() -> DefenseAdapter:
 DEFENSES: dict[str, Callable[[], DefenseAdapter]] = {
     "psim": _psim,
     "monitor": _monitor,
+    "monitor-oracle": _monitor_oracle,
     "rap": _rap,
     "onion": _onion,
 }

@@ -21,6 +21,11 @@ STEP_SECONDS = {"full": 1.2, "lora": 0.55, "prefix": 0.55, "prompt": 0.65, "ptun
 AGNOSTIC_STEP_SECONDS = 1.3
 SCAN_STEP_SECONDS = 0.5
 TEXT_SECONDS = 0.004
+#: A SimCSE step reads each text twice (seed zoo: 2.4 s on minilm, 2 cores).
+SIMCSE_STEP_SECONDS = 2.4
+#: Mining steps a first-PV scan of a task-agnostic backdoor spends (seed zoo: median 10, p90 ~60;
+#: a missed backdoor spends the whole budget).
+FIRST_PV_STEPS = 60
 LOAD_SECONDS = 5.0  # loading and saving models around each stage (measured: 4-5 s of CPU on minilm)
 #: Forward passes per scored text, per detector (STRIP perturbs each text several times).
 SCORE_PASSES = {"psim": 1.0, "monitor": 0.0, "strip": 5.0, "rap": 2.0}
@@ -42,15 +47,32 @@ def _step_scale(batch_size: int, max_length: int) -> float:
 
 
 def stage_seconds(
-    stage: Stage, scale: float, corpus_size: int | None, poison_size: int | None = None
+    stage: Stage,
+    scale: float,
+    corpus_size: int | None,
+    poison_size: int | None = None,
+    expect_pv: bool = False,
 ) -> float:
-    """Rough seconds to build ``stage`` on a backbone of relative size ``scale``."""
+    """Rough seconds to build ``stage`` on a backbone of relative size ``scale``.
+
+    ``expect_pv``: the scanned backbone carries a task-agnostic backdoor, so a first-PV scan is
+    expected to stop early (:data:`FIRST_PV_STEPS`)."""
     spec = stage.spec
     if stage.kind == "poison":
         recipe = spec["recipe"]
         per_step = _step_scale(recipe["batch_size"], recipe["max_length"]) * scale
         if recipe["kind"] == "task-agnostic":
             return LOAD_SECONDS + recipe["steps"] * AGNOSTIC_STEP_SECONDS * per_step
+        if recipe["kind"] == "clean":  # a clean builder (peftshield.attacks.clean)
+            if recipe["attack"] == "finetune":
+                steps = recipe["epochs"] * math.ceil(recipe["n_train"] / recipe["batch_size"])
+                n_eval = recipe["epochs"] * recipe["n_eval"]
+                return (
+                    2 * LOAD_SECONDS
+                    + (steps * STEP_SECONDS["full"] * per_step + n_eval * TEXT_SECONDS) * scale
+                )
+            step = SIMCSE_STEP_SECONDS if recipe["attack"] == "simcse" else AGNOSTIC_STEP_SECONDS
+            return 2 * LOAD_SECONDS + recipe["steps"] * step * per_step
         data = spec.get("data", {})
         n = _rows(poison_size, data.get("max_train"), 0.7)
         n_eval = _rows(poison_size, data.get("max_eval"), 0.1)
@@ -71,6 +93,8 @@ def stage_seconds(
         return LOAD_SECONDS + steps * per_step * scale + config["epochs"] * n_dev * TEXT_SECONDS * scale
     if stage.kind == "scan":
         budget = spec["max_total_steps"] or spec["attempts"] * spec["mining"]["steps"]
+        if spec.get("stop_at_first") and expect_pv:
+            budget = min(budget, FIRST_PV_STEPS)
         mining = spec["mining"]
         per_step = SCAN_STEP_SECONDS * _step_scale(mining["batch_size"], mining["max_length"])
         return LOAD_SECONDS + budget * per_step * scale
@@ -105,6 +129,8 @@ def evaluation_seconds(
     in ``memoised`` cost no detector time (:mod:`peftshield.grid.scorememo`); this cell's sets are
     added to it.
     """
+    if getattr(cell, "mode", "victim") == "scan":
+        return 0.0  # the row is read from the scan's files
     n_test = _rows(cell.corpus.size, cell.sizes["max_eval"], 0.2)
     name = cell.defense.name
     sets = [("clean", n_test)] + [
@@ -131,6 +157,8 @@ def cell_trigger_sets(cell: Any) -> list[tuple[str, int, bool]]:
     """``(attack, n_triggers, task_specific)`` per trigger set the cell is evaluated with."""
     from peftshield.attacks.config import attack_config
 
+    if getattr(cell, "mode", "victim") == "scan":
+        return []
     if cell.attack.name == "none":
         sets = cell.evaluation["trigger_sets"]
         return [(s["attack"], len(s["triggers"]), s["kind"] == "task-specific") for s in sets]
@@ -156,7 +184,8 @@ def plan_costs(cells: list[Any], built: set[str], done: set[str]) -> dict[str, f
                 continue
             seen.add(stage.key)
             poison_size = cell.attack.corpus.size if cell.attack.corpus is not None else None
-            total += stage_seconds(stage, cell.backbone.scale, cell.corpus.size, poison_size)
+            expect_pv = cell.attack.kind == "task-agnostic"
+            total += stage_seconds(stage, cell.backbone.scale, cell.corpus.size, poison_size, expect_pv)
         total += evaluation_seconds(cell, cell_trigger_sets(cell), memoised)
         out[cell.id] = total
     return out

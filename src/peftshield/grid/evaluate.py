@@ -14,6 +14,9 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
   each trigger's inputs land in most, averaged over triggers), ``defended_cacc``, ``defended_asr_reject`` (a
   rejected clean input counts as wrong, a rejected triggered input as blocked), ``frr``, ``far``,
   ``precision``, ``recall``, ``f1``, ``auroc`` of the defence's score;
+- ``defended_asr_purge`` (with ``type1_purge``, ``type2_purge``, ``n_purged``) for a defence that
+  purges (the LMSanitator monitors) and a task-agnostic attack: the flagged input goes through the
+  real purge and its answer counts (:func:`_purged`);
 - ``corrected_cacc``, ``corrected_asr`` (a correction defence, ONION): the victim's CACC and ASR
   on the texts the defence cleaned, nothing rejected (:func:`~peftshield.evaluation.metrics.corrected_asr`),
   beside its figures as a detector;
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -229,6 +233,50 @@ def _tradeoff(
     return out
 
 
+def _purged(
+    defense: LoadedDefense,
+    texts_t: list[str],
+    pred_c: np.ndarray,
+    y_c: np.ndarray,
+    pred_t: np.ndarray,
+    s_t: np.ndarray | None,
+    *,
+    cut: float,
+    n_triggers: int,
+) -> dict[str, Any]:
+    """The defended ASR through the defence's purge, LMSanitator convention (Wei et al. 2024, §V).
+
+    At threshold ``cut``, over the test inputs the victim gets right, trigger ``k`` inserted:
+    Type I = flipped and not flagged; Type II = flagged and flipped, and after purging no longer flagged and still not the
+    clean prediction (a text the purge cannot clear stays rejected: blocked). Only the flagged,
+    flipped, correct inputs are purged (the others cannot become successes).
+    :func:`peftshield.evaluation.metrics.defended_asr_lms` does the counting.
+    """
+    from peftshield.evaluation import metrics as m
+
+    n = len(pred_c)
+    flipped = _lms_success(pred_t, pred_c, n_triggers)
+    flagged = (
+        np.zeros_like(flipped)
+        if s_t is None or defense.detector is None
+        else (s_t > cut).reshape(n_triggers, n)
+    )
+    correct = pred_c == y_c
+    after = np.zeros_like(flagged)
+    todo = list(zip(*np.nonzero(flagged & flipped & correct[None, :]), strict=True))
+    if todo:
+        results = defense.adapter.purge(defense.detector, [texts_t[k * n + i] for k, i in todo])
+        for (k, i), (cleared, label) in zip(todo, results, strict=True):
+            after[k, i] = cleared and label != pred_c[i]
+    counted = m.defended_asr_lms(flagged, flipped, after, correct=correct)
+    return {
+        DEFENDED_ASR_PURGE: counted["asr"],
+        "type1_purge": counted["type1"],
+        "type2_purge": counted["type2"],
+        "n_purged": len(todo),
+    }
+
+
 @dataclass
 class _SetPass:
     """One trigger set's passes (victim labels, scores, cleaned texts): computed once per cell."""
@@ -301,6 +349,10 @@ def _measure_set(
         if agnostic:
             metrics["asr"] = metrics["asr_lms"]
             metrics[DEFENDED_ASR_REJECT] = metrics.pop("defended_asr_lms")
+            if defense is not None and defense.adapter.purge is not None:
+                metrics.update(
+                    _purged(defense, passed.texts_t, pred_c, y_c, pred_t, s_t, cut=cut, n_triggers=n_triggers)
+                )
         else:
             metrics[DEFENDED_ASR_REJECT] = metrics.pop("defended_asr")
             metrics["asr_lms"] = None  # the triggered set holds non-target inputs only
@@ -412,3 +464,77 @@ def evaluate_policies(
         row["inference_seconds"] = {"victim": round(timer.victim, 4), "guarded": round(timer.guarded, 4)}
         rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------------------------- scan-only
+
+
+#: Ground-truth labels of a scan-only row (``evaluation.metrics.scan_metrics``' positive first).
+SCAN_LABELS = ("backdoored", "clean")
+
+
+def scan_label(attack_name: str, attack_kind: str | None) -> str:
+    """``clean`` for the backbone as it is (attack ``none``) and for a clean builder, else ``backdoored``."""
+    return "clean" if attack_name == "none" or attack_kind == "clean" else "backdoored"
+
+
+def evaluate_scan_cell(
+    scan_folder: str, backbone: str, attack_name: str, attack_kind: str | None
+) -> dict[str, Any]:
+    """The row of a scan-only cell (Wei et al., NDSS 2024, §VI-B: one row per scanned model).
+
+    ``label`` (ground truth, :func:`scan_label`), ``verdict``, ``score`` (the scan's per-model
+    score, docs/scan-format.md), ``scan_seconds`` (after loading), ``attempts``, ``steps``,
+    ``n_pvs``, ``outcomes`` (attempts per outcome); for a task-agnostic backdoor the PV recovery
+    against the planted PVs (``pv_*``, :func:`peftshield.defenses.lmsanitator.scan.pv_recovery`,
+    sign agreement > 0.8) and the attacker's probe of how well the backdoor took
+    (``attack_sign_match``, ``attack_monitor_rate``, ``attack_min_monitor_rate``); ``clean_drift``
+    (output drift from the source backbone) for every built model.
+    """
+    from peftshield.attacks.record import has_poison_record, load_pvs, read_poison_record
+    from peftshield.defenses.lmsanitator.scan import SCAN_FILE, pv_recovery
+    from peftshield.defenses.lmsanitator.scan import load_pvs as load_found
+    from peftshield.utils.io import read_json
+
+    doc = read_json(Path(scan_folder) / SCAN_FILE)
+    outcomes: dict[str, int] = {}
+    gaps = []
+    for attempt in doc.get("attempt_log", []):
+        outcome = str(attempt.get("outcome"))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        gap = attempt.get("gap")
+        if isinstance(gap, int | float) and np.isfinite(gap):
+            gaps.append(float(gap))
+    row: dict[str, Any] = {
+        "label": scan_label(attack_name, attack_kind),
+        "verdict": doc["verdict"],
+        "score": doc.get("score"),
+        "scan_seconds": doc.get("seconds"),
+        "attempts": doc.get("attempts"),
+        "steps": doc.get("steps"),
+        "n_pvs": doc.get("n_pvs"),
+        "outcomes": outcomes,
+        "best_gap": min(gaps) if gaps else None,
+        "thresholds": doc.get("thresholds"),
+        "clean_drift": None,
+    }
+    if attack_name == "none" or not has_poison_record(backbone):
+        return row
+    record = read_poison_record(backbone)
+    row["clean_drift"] = record.metrics.get("clean_drift")
+    row["build_seconds"] = record.wall_seconds
+    if record.kind == "clean":
+        row["build_metrics"] = {k: v for k, v in record.metrics.items() if k != "history"}
+    if record.pv_file is None:
+        return row
+    per = record.metrics.get("per_trigger", {}).values()
+    rates = [v["monitor_rate"] for v in per if isinstance(v.get("monitor_rate"), int | float)]
+    matches = [v["sign_match"] for v in per if isinstance(v.get("sign_match"), int | float)]
+    row["triggers"] = [t.describe() for t in record.trigger_objects()]
+    row["pv_family"] = record.recipe.get("pv_family")
+    row["attack_sign_match"] = float(np.mean(matches)) if matches else None
+    row["attack_monitor_rate"] = float(np.mean(rates)) if rates else None
+    row["attack_min_monitor_rate"] = min(rates) if rates else None
+    recovery = pv_recovery(load_found(scan_folder).pvs, load_pvs(backbone), t_match=0.8)
+    row.update({f"pv_{k}": v for k, v in recovery.items()})
+    return row

@@ -19,6 +19,11 @@ the evaluation settings: a result file is reused only for exactly the same cell.
 
 Order: cells are interleaved across their poisoned backbones (round robin), so that parallel
 workers start on different poisonings instead of queueing for one.
+
+A scan-only grid (``mode: scan``, :mod:`.config`) expands to backbone x attack x seed cells with
+two stages, ``poison`` (the attack or clean build; none for attack ``none``) and ``scan``; id
+``<zoo or scan>.backbone.attack.s<seed>.<hash>``. An attack's own ``seed`` (if set) seeds its
+poison stage instead of the cell's seed.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class Cell:
     scan: Stage | None
     defense_stage: Stage | None
     evaluation: dict[str, Any]
+    mode: str = "victim"  # or "scan": a scan-only cell (no victim, no corpus, no defence)
+    zoo: str | None = None  # the grid's zoo label, copied into the row
 
     def stages(self) -> list[Stage]:
         """The cell's stages in execution order."""
@@ -69,6 +76,15 @@ class Cell:
 
     def labels(self) -> dict[str, Any]:
         """The docs/design.md row keys that name the cell."""
+        if self.mode == "scan":
+            return {
+                "mode": "scan",
+                "zoo": self.zoo,
+                "backbone": self.backbone.label,
+                "attack": self.attack.label,
+                "model": self.attack.label,
+                "seed": self.seed,
+            }
         return {
             "backbone": self.backbone.label,
             "corpus": self.corpus.label,
@@ -79,7 +95,9 @@ class Cell:
         }
 
     def title(self) -> str:
-        """``corpus/backbone/attack/method/defense s<seed>`` for logs."""
+        """``corpus/backbone/attack/method/defense s<seed>`` for logs (``scan/backbone/attack``)."""
+        if self.mode == "scan":
+            return f"scan/{self.backbone.label}/{self.attack.label} s{self.seed}"
         names = (self.corpus, self.backbone, self.attack, self.method, self.defense)
         return "/".join(x.label for x in names) + f" s{self.seed}"
 
@@ -120,7 +138,7 @@ def poison_stage(backbone: BackboneEntry, attack: AttackEntry, sizes: dict[str, 
         "attack": attack.name,
         "recipe": attack.recipe,
         "corpus": attack.corpus.identity,
-        "seed": seed,
+        "seed": seed if attack.seed is None else attack.seed,
     }
     if attack.kind == "task-specific":
         spec["data"] = {
@@ -219,8 +237,51 @@ def _head(method: MethodEntry, attack: AttackEntry) -> str:
     return method.head
 
 
+def expand_scan(grid: GridSpec) -> list[Cell]:
+    """The scan-only cells of a ``mode: scan`` grid (module docstring), in the order listed."""
+    sizes = grid.sizes.to_dict()
+    none_method = MethodEntry(label=NONE, name=NONE)
+    scan_defense = DefenseEntry(label="scan", name="scan")
+    cells = []
+    for seed in grid.seeds:
+        for backbone in grid.backbones:
+            assert backbone.scan is not None
+            base_key = digest(backbone.identity)
+            for attack in grid.attacks:
+                poison = None if attack.name == NONE else poison_stage(backbone, attack, sizes, seed)
+                scan = scan_stage(poison.key if poison else base_key, backbone.scan, seed)
+                evaluation = {"version": EVAL_VERSION, "mode": "scan", "seed": seed}
+                stages = [s for s in (poison, scan) if s is not None]
+                cell_hash = digest(
+                    {"stages": [s.key for s in stages], "base": base_key, "evaluation": evaluation}, 8
+                )
+                prefix = grid.zoo or "scan"
+                cells.append(
+                    Cell(
+                        id=f"{prefix}.{backbone.label}.{attack.label}.s{seed}.{cell_hash}",
+                        seed=seed,
+                        corpus=backbone.scan["texts"],
+                        backbone=backbone,
+                        attack=attack,
+                        method=none_method,
+                        defense=scan_defense,
+                        sizes=sizes,
+                        poison=poison,
+                        victim=None,
+                        scan=scan,
+                        defense_stage=None,
+                        evaluation=evaluation,
+                        mode="scan",
+                        zoo=grid.zoo,
+                    )
+                )
+    return cells
+
+
 def expand(grid: GridSpec) -> list[Cell]:
     """Every cell of ``grid``, in run order (round robin over poisoned backbones)."""
+    if grid.mode == "scan":
+        return expand_scan(grid)
     sizes = grid.sizes.to_dict()
     control_triggers = trigger_sets(grid.attacks)
     groups: OrderedDict[str, list[Cell]] = OrderedDict()
@@ -283,6 +344,7 @@ def expand(grid: GridSpec) -> list[Cell]:
                                     scan=scan,
                                     defense_stage=fitted,
                                     evaluation=evaluation,
+                                    zoo=grid.zoo,
                                 )
                             )
     return _round_robin(list(groups.values()))

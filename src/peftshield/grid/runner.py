@@ -100,6 +100,21 @@ def _fmt(value: Any) -> str:
 
 def cell_line(row: dict[str, Any]) -> str:
     """The one-line log of a finished cell."""
+    if row.get("mode") == "scan":
+        title = f"scan/{row.get('backbone')}/{row.get('attack')} s{row.get('seed')}"
+        if "error" in row:
+            return f"{title}  FAILED: {row['error'].splitlines()[0][:200]}"
+        mark = "" if row.get("verdict") == row.get("label") else "  (WRONG)"
+        recovered = (
+            f", {row['pv_recovered']}/{row['pv_n_true']} PVs recovered" if "pv_recovered" in row else ""
+        )
+        score = row.get("score")
+        return (
+            f"{title}  {row.get('label')} -> {row.get('verdict')}{mark}: {row.get('n_pvs')} PV, "
+            f"{row.get('attempts')} attempts, {row.get('steps')} steps, score "
+            f"{'-' if score is None else f'{score:.3f}'}, scan {row.get('scan_seconds') or 0:.0f} s"
+            f"{recovered}  ({row.get('seconds', 0):.0f} s)"
+        )
     title = "/".join(str(row.get(k)) for k in ("corpus", "backbone", "attack", "method", "defense"))
     title += f" s{row.get('seed')}"
     if "error" in row:
@@ -149,6 +164,10 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
         "seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
         "by_defense": {},
     }
+    scans = [r for r in ok if r.get("mode") == "scan"]
+    if scans:
+        summary["scan"] = scan_summary(scans)
+    ok = [r for r in ok if r.get("mode") != "scan"]
 
     # A defence with several threshold policies is summarised per policy ("psim fixed@0.7").
     def group(row: dict[str, Any]) -> str:
@@ -174,6 +193,31 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
             "mean_overhead_ratio": _mean([r.get("overhead_ratio") for r in mine]),
         }
     return summary
+
+
+def scan_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Model-scan quality over scan-only rows: accuracy, FPR, FNR (``evaluation.metrics.scan_metrics``),
+    AUROC of the per-model score (``evaluation.metrics.auroc``, backdoored = positive; rows without a
+    finite score left out and counted), scan time, the wrong models and the mean PV recovery."""
+    import math
+
+    from peftshield.evaluation.metrics import auroc, scan_metrics
+
+    out: dict[str, Any] = dict(scan_metrics([r["verdict"] for r in rows], [r["label"] for r in rows]))
+    scored = [r for r in rows if isinstance(r.get("score"), int | float) and math.isfinite(r["score"])]
+    clean = [r["score"] for r in scored if r["label"] == "clean"]
+    backdoored = [r["score"] for r in scored if r["label"] == "backdoored"]
+    out["auroc"] = auroc(clean, backdoored) if clean and backdoored else None
+    out["n_without_score"] = len(rows) - len(scored)
+    seconds = sorted(r["scan_seconds"] for r in rows if isinstance(r.get("scan_seconds"), int | float))
+    out["scan_seconds_mean"] = _mean(seconds)
+    out["scan_seconds_max"] = seconds[-1] if seconds else None
+    out["false_positives"] = [r["model"] for r in rows if r["label"] == "clean" and r["verdict"] != "clean"]
+    out["false_negatives"] = [
+        r["model"] for r in rows if r["label"] == "backdoored" and r["verdict"] != "backdoored"
+    ]
+    out["pv_recovery_rate_mean"] = _mean([r.get("pv_recovery_rate") for r in rows])
+    return out
 
 
 def write_grid_file(

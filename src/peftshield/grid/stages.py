@@ -6,13 +6,15 @@ with the library's own entry points and returns what it measured:
 - poison: :func:`peftshield.attacks.task_specific.poison_task_specific` (full fine-tuning on a
   poisoned labelled corpus, PSIM's threat model) or
   :func:`peftshield.attacks.task_agnostic.poison_task_agnostic` (POR / NeuBA on unlabelled text,
-  LMSanitator's threat model);
+  LMSanitator's threat model), or a clean builder (:mod:`peftshield.attacks.clean`: a model
+  continued-trained with an honest objective, the clean half of a zoo);
 - victim: :func:`peftshield.tuning.trainer.tune` + :func:`~peftshield.tuning.trainer.save_tuned`;
 - scan: :func:`peftshield.defenses.lmsanitator.scan.scan` (PV mining and filtering);
 - defence: the defence's adapter (:mod:`peftshield.grid.defenses`).
 
 :func:`execute_cell` runs the chain of a cell (building or reusing each artifact), then
-:func:`peftshield.grid.evaluate.evaluate_cell`, and writes the cell's result file. Every artifact
+:func:`peftshield.grid.evaluate.evaluate_cell` (a scan-only cell:
+:func:`~peftshield.grid.evaluate.evaluate_scan_cell`), and writes the cell's result file. Every artifact
 is read back from disk before it is used, whether it was built just now or long ago, so a resumed
 run computes exactly what an uninterrupted one does.
 """
@@ -72,14 +74,14 @@ def build_poison(stage: Stage, device: Any, out: Path) -> dict[str, Any]:
     from peftshield.attacks.config import attack_config_from_dict
 
     config = attack_config_from_dict(stage.spec["recipe"])
-    seed = int(stage.spec["seed"])
+    seed = int(stage.spec["seed"])  # the attack's own seed where the grid gives one
     corpus = stage.args["corpus"]
     label = stage.args["corpus_label"]
     from peftshield.attacks.poison import poison
 
     data = stage.spec.get("data") or {}
     splits = None
-    if config.kind != "task-agnostic":
+    if config.kind == "task-specific":
         splits = load_split(corpus, data["split_seed"], data["max_train"], data["max_eval"])
     result = poison(
         stage.args["backbone"],
@@ -420,6 +422,18 @@ def scrub_paths(text: str, results: Path) -> str:
 
 def cell_config(cell: Cell) -> dict[str, Any]:
     """Everything that configured the cell (the report prints it beside the figures), without paths."""
+    if cell.mode == "scan":
+        return {
+            "mode": "scan",
+            "backbone": portable_ref(cell.backbone.ref),
+            "attack": {
+                "name": cell.attack.name,
+                "recipe": cell.attack.recipe,
+                "corpus": portable_ref(cell.attack.corpus.ref) if cell.attack.corpus else None,
+                "seed": cell.poison.spec["seed"] if cell.poison else None,
+            },
+            "scan": cell.scan.spec if cell.scan else None,
+        }
     config: dict[str, Any] = {
         "corpus": portable_ref(cell.corpus.ref),
         "backbone": portable_ref(cell.backbone.ref),
@@ -442,7 +456,12 @@ def cell_config(cell: Cell) -> dict[str, Any]:
 
 
 def _head(cell: Cell) -> dict[str, Any]:
-    return {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "threshold": None}
+    if cell.mode == "scan":  # no defence: no threshold; the builder names how the model was made
+        return {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "builder": cell.attack.name}
+    head = {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "threshold": None}
+    if cell.zoo is not None:
+        head["zoo"] = cell.zoo
+    return head
 
 
 def record_failure(
@@ -520,6 +539,22 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
         device = resolve_device(device_name)
         paths, entries = _run_chain(cell, store, device)
         _crash_once()
+        if cell.mode == "scan":
+            from peftshield.grid.evaluate import evaluate_scan_cell
+
+            metrics = evaluate_scan_cell(paths["scan"], paths["backbone"], cell.attack.name, cell.attack.kind)
+            row = {
+                **_head(cell),
+                **metrics,
+                "poison_seconds": entries.get("poison", {}).get("seconds"),
+                "seconds": round(time.perf_counter() - started, 3),
+                "stages": entries,
+                "config": cell_config(cell),
+                "meta": run_metadata(),
+            }
+            write_json(cell_file(results, cell.id), row)
+            store.log.write("cell-done", cell=cell.id, seconds=row["seconds"])
+            return row
         victim = None
         if paths["victim"] is not None:
             victim = load_tuned(paths["victim"], device=device, backbone=paths["backbone"])

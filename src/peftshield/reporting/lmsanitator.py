@@ -2,11 +2,16 @@
 
 LMSanitator (Wei et al., NDSS 2024) scans a pretrained backbone for predefined vectors (§4, PV
 mining and filtering: a model with a PV is backdoored) and, at inference, flags and purges inputs
-whose output signs match a PV (§5). Zoo rows carry ``label`` (ground truth: ``backdoored`` or
-``clean``), ``verdict``, ``seconds`` (scan time) and the PV recovery (``recovery_rate``, or a
-``pv_recovery`` number or dict); victim rows carry ``asr_lms``, ``defended_asr``, ``frr`` and
-``overhead_ratio``. Detection accuracy, FPR and FNR come from
-:func:`peftshield.evaluation.metrics.scan_metrics`.
+whose output signs match a PV (§5). Zoo rows are the grid's scan-only rows (``mode: scan``,
+``bench/grids/lmsanitator_zoo.json``) or an older file's ``cell: zoo`` rows: ``label`` (ground
+truth: ``backdoored`` or ``clean``), ``verdict``, ``score`` (the scan's per-model score),
+``scan_seconds`` (older rows: ``seconds``) and the PV recovery (``pv_recovery_rate``,
+``recovery_rate``, or a ``pv_recovery`` number or dict); victim rows carry ``asr_lms``,
+``defended_asr_purge`` / ``defended_asr_reject`` (older: ``defended_asr``), ``frr`` and
+``overhead_ratio``; the oracle monitor's rows (defence ``monitor-oracle``) are shown but never
+counted as the defence's result. Detection accuracy, FPR and FNR come from
+:func:`peftshield.evaluation.metrics.scan_metrics`, the AUROC of the per-model score from
+:func:`peftshield.evaluation.metrics.auroc`.
 """
 
 from __future__ import annotations
@@ -44,16 +49,30 @@ def is_zoo_row(row: dict[str, Any]) -> bool:
     The benchmark's search-mode scans of the victim tier (``cell: search-scan``) have a label and a
     verdict too, but they rescan zoo models: counting them would count those models twice.
     """
+    if row.get("mode") == "scan":
+        return _norm(row.get("label")) is not None
     cell = row.get("cell")
     if cell is not None and cell != "zoo":
         return False
     return "verdict" in row and _norm(row.get("label")) is not None
 
 
+def scan_seconds_of(row: dict[str, Any]) -> float | None:
+    """The scan time of a zoo row: ``scan_seconds`` (grid rows), else ``seconds`` (older rows)."""
+    return first_number(row, "scan_seconds", "seconds")
+
+
+def is_oracle_row(row: dict[str, Any]) -> bool:
+    """A row of the oracle monitor (the planted PVs): a bound, not the defence's own result."""
+    config = row.get("config") if isinstance(row.get("config"), dict) else {}
+    defense = config.get("defense") if isinstance(config.get("defense"), dict) else {}
+    return defense.get("name") == "monitor-oracle" or row.get("defense") == "monitor-oracle"
+
+
 def recovery_of(row: dict[str, Any]) -> float | None:
     """The share of the true PVs the scan recovered, wherever the row keeps it."""
     nested = row.get("pv_recovery") if isinstance(row.get("pv_recovery"), dict) else {}
-    return first_number(row, "recovery_rate", "pv_recovery", "recovery") or first_number(
+    return first_number(row, "pv_recovery_rate", "recovery_rate", "pv_recovery", "recovery") or first_number(
         nested, "recovery_rate"
     )
 
@@ -66,7 +85,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def scan_summary(zoo: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Detection metrics over the zoo rows whose verdict is valid, and the rows left out (no verdict)."""
-    from peftshield.evaluation.metrics import scan_metrics
+    from peftshield.evaluation.metrics import auroc, scan_metrics
 
     scored = [r for r in zoo if _norm(r.get("verdict")) is not None]
     unscored = [r for r in zoo if _norm(r.get("verdict")) is None]
@@ -75,7 +94,12 @@ def scan_summary(zoo: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[s
     summary: dict[str, Any] = scan_metrics([r["verdict"] for r in scored], [r["label"] for r in scored])
     summary["n_backdoored"] = sum(_norm(r["label"]) == "backdoored" for r in scored)
     summary["n_clean"] = summary["n"] - summary["n_backdoored"]
-    seconds = [s for s in (number(r.get("seconds")) for r in scored) if s is not None]
+    seconds = [s for s in (scan_seconds_of(r) for r in scored) if s is not None]
+    with_score = [r for r in scored if number(r.get("score")) is not None]
+    clean = [number(r["score"]) for r in with_score if _norm(r["label"]) == "clean"]
+    backdoored = [number(r["score"]) for r in with_score if _norm(r["label"]) == "backdoored"]
+    summary["auroc"] = auroc(clean, backdoored) if clean and backdoored else None
+    summary["n_scored"] = len(with_score)
     if seconds:
         summary["seconds_mean"] = statistics.fmean(seconds)
         summary["seconds_median"] = statistics.median(seconds)
@@ -103,6 +127,8 @@ def _zoo_blocks(zoo: list[dict[str, Any]]) -> list:
                 values.append(fmt_seconds(summary[key]))
         columns.append("PV recovery (mean)")
         values.append(summary["recovery_mean"])
+        columns.append("score AUROC")
+        values.append(summary["auroc"] if summary["auroc"] is not None else "— (no per-model score)")
         blocks.append(
             Table(
                 columns,
@@ -112,7 +138,7 @@ def _zoo_blocks(zoo: list[dict[str, Any]]) -> list:
         )
     if unscored:
         blocks.append(Text(f"{len(unscored)} zoo model(s) have no valid verdict and are not scored."))
-    group_key = next((k for k in ("attack", "family", "kind") if any(r.get(k) for r in zoo)), None)
+    group_key = next((k for k in ("builder", "attack", "family", "kind") if any(r.get(k) for r in zoo)), None)
     if group_key:
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in zoo:
@@ -122,7 +148,7 @@ def _zoo_blocks(zoo: list[dict[str, Any]]) -> list:
         for name, members in groups.items():
             scored = [r for r in members if _norm(r.get("verdict")) is not None]
             right = sum(_norm(r["verdict"]) == _norm(r["label"]) for r in scored)
-            seconds = [s for s in (number(r.get("seconds")) for r in members) if s is not None]
+            seconds = [s for s in (scan_seconds_of(r) for r in members) if s is not None]
             recovery = [v for v in (recovery_of(r) for r in members) if v is not None]
             body.append(
                 [
@@ -146,11 +172,14 @@ def _zoo_blocks(zoo: list[dict[str, Any]]) -> list:
             Column("model", lambda r: r.get("model") or r.get("name") or r.get("folder")),
             Column("label", "label"),
             Column("verdict", "verdict"),
-            Column("attack", "attack"),
+            Column("builder", lambda r: r.get("builder") or r.get("attack")),
             Column("seed", "seed"),
+            Column("score", "score"),
             Column("PVs found", "n_pvs"),
             Column("PV recovery", recovery_of),
-            Column("scan s", "seconds", fmt_seconds),
+            Column("attack sign match", "attack_sign_match"),
+            Column("drift", "clean_drift"),
+            Column("scan s", scan_seconds_of, fmt_seconds),
         ],
         "Every scanned model",
         collapsed=True,
@@ -159,7 +188,7 @@ def _zoo_blocks(zoo: list[dict[str, Any]]) -> list:
         blocks.append(per_model)
     by_label: dict[str, list[float]] = {}
     for row in zoo:
-        seconds = number(row.get("seconds"))
+        seconds = scan_seconds_of(row)
         if seconds is not None:
             by_label.setdefault(_norm(row.get("label")) or "?", []).append(seconds)
     if by_label:

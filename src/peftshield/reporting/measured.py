@@ -198,12 +198,13 @@ def _zoo_size(results: Results, _: Claim) -> Measured:
 
 
 def _lms_victims(results: Results) -> list[dict[str, Any]]:
-    from peftshield.reporting.lmsanitator import is_zoo_row
+    from peftshield.reporting.lmsanitator import is_oracle_row, is_zoo_row
 
+    # the oracle monitor (planted PVs) bounds the defence; it is not the defence's result
     return [
         r
         for r in _rows(results, "lmsanitator")
-        if not is_zoo_row(r) and defended_asr_of(r, prefer="purge") is not None
+        if not is_zoo_row(r) and not is_oracle_row(r) and defended_asr_of(r, prefer="purge") is not None
     ]
 
 
