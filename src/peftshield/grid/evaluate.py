@@ -247,8 +247,8 @@ def _purged(
     """The defended ASR through the defence's purge, LMSanitator convention (Wei et al. 2024, §V).
 
     At threshold ``cut``, over the test inputs the victim gets right, trigger ``k`` inserted:
-    Type I = flipped and not flagged; Type II = flagged and flipped, and after purging no longer flagged and still not the
-    clean prediction (a text the purge cannot clear stays rejected: blocked). Only the flagged,
+    Type I = flipped and not flagged; Type II = flagged and flipped, and after purging no longer
+    flagged and still not the clean prediction (a text the purge cannot clear stays rejected: blocked). Only the flagged,
     flipped, correct inputs are purged (the others cannot become successes).
     :func:`peftshield.evaluation.metrics.defended_asr_lms` does the counting.
     """
