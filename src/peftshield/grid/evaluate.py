@@ -248,8 +248,9 @@ def _purged(
 
     At threshold ``cut``, over the test inputs the victim gets right, trigger ``k`` inserted:
     Type I = flipped and not flagged; Type II = flagged and flipped, and after purging no longer
-    flagged and still not the clean prediction (a text the purge cannot clear stays rejected: blocked). Only the flagged,
-    flipped, correct inputs are purged (the others cannot become successes).
+    flagged and still not the clean prediction (a text the purge cannot clear stays rejected:
+    blocked). Only the flagged, flipped, correct inputs are purged (the others cannot become
+    successes).
     :func:`peftshield.evaluation.metrics.defended_asr_lms` does the counting.
     """
     from peftshield.evaluation import metrics as m
