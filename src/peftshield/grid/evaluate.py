@@ -20,6 +20,8 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
   trigger set), the victim's pass and the detector's pass timed back to back on each set (one
   shared pass for a monitor, which reads the victim's own forward pass; a memoised detector is
   charged its measured cost per text); named in the row as ``overhead_protocol``;
+- ``chance_cacc``: the accuracy of always answering the test split's most frequent class, which
+  the valid-cell rule reads (:mod:`peftshield.evaluation.validity`);
 - ``roc``: ``{fpr, tpr}`` points of the score; ``tradeoff``: ``{threshold, frr, far, asr, cacc}``
   as the threshold moves (defended ASR and CACC at each threshold).
 
@@ -303,6 +305,7 @@ def evaluate_cell(
 ) -> dict[str, Any]:
     """The result row of a cell (without its identifying keys): see the module docstring."""
     from peftshield.evaluation import metrics as m
+    from peftshield.evaluation.validity import chance_accuracy
 
     if not test:
         raise PeftshieldError("the test split is empty")
@@ -328,7 +331,8 @@ def evaluate_cell(
         )
         for tset in sets
     }
-    row: dict[str, Any] = {"n_clean": len(test)}
+    # the chance level the valid-cell rule reads (peftshield.evaluation.validity)
+    row: dict[str, Any] = {"n_clean": len(test), "chance_cacc": chance_accuracy(y_c.tolist())}
     if defense is not None:
         row["threshold"] = defense.threshold
         row["threshold_value"] = defense.threshold_value

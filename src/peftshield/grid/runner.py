@@ -141,16 +141,31 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
 
     A cell whose defence was inactive (a monitor with no PV to watch: it passes every input) is
     counted under ``inactive`` and left out of the means, as the report's claims leave it out:
-    averaging its undefended figures in would credit or blame a defence that never ran.
+    averaging its undefended figures in would credit or blame a defence that never ran. A cell with
+    no backdoor to defend (:mod:`peftshield.evaluation.validity`, docs/design.md "Valid cells") is
+    counted under ``cells.no_backdoor``, named with its reason under ``no_backdoor``, and left out of
+    the means too.
     """
+    from peftshield.evaluation.validity import no_backdoor_reasons
+
     ok = [r for r in rows if "error" not in r]
+    reasons = no_backdoor_reasons(ok)
     summary: dict[str, Any] = {
-        "cells": {"planned": planned, "finished": len(ok), "failed": len(rows) - len(ok)},
+        "cells": {
+            "planned": planned,
+            "finished": len(ok),
+            "failed": len(rows) - len(ok),
+            "no_backdoor": sum(reason is not None for reason in reasons),
+        },
         "seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
         "by_defense": {},
+        "no_backdoor": {
+            r["cell"]: reason for r, reason in zip(ok, reasons, strict=True) if reason and "cell" in r
+        },
     }
+    valid = [r for r, reason in zip(ok, reasons, strict=True) if reason is None]
     for defense in dict.fromkeys(r["defense"] for r in ok):
-        mine = [r for r in ok if r["defense"] == defense and not r.get("inactive")]
+        mine = [r for r in valid if r["defense"] == defense and not r.get("inactive")]
         attacked = [r for r in mine if "by_attack" not in r]
         cost = [
             r["cacc"] - r["defended_cacc"]
