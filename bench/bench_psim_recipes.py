@@ -5,7 +5,9 @@ not on the victim, so the recipe can be chosen with detector-only cells: for eac
 backbone already in ``bench/work/`` (built by ``bench_retention.py`` / ``bench_psim.py``) and each
 recipe below, fit :class:`~peftshield.defenses.psim.PSIMDetector` on clean ``movies`` training texts
 (random labels, calibration on 20 % of them), then score the clean ``movies`` test split and its
-triggered copies (the non-target test samples with the backdoor's trigger). Reported per cell:
+triggered copies (the non-target test samples with the backdoor's trigger) - or, with ``--split dev``
+(the default since issue 13), the ``movies`` dev split and its triggered copies, so that the
+recipe is chosen without reading the test split. Reported per cell:
 AUROC, mean clean / triggered confidence, FRR and FAR at the paper's fixed 0.7, FAR at the
 threshold calibrated at 2 % FRR on the held-out clean texts (its FRR on the test split beside
 it), and the fit time. Recipes:
@@ -15,10 +17,12 @@ it), and the fit time. Recipes:
 - ``lora``: LoRA lr 1e-3, head frozen;
 - ``prompt``: prompt tuning, lr 0.1 (our default), head frozen.
 
-Run (resumable, one row per backbone x recipe)::
+Run (resumable, one row per backbone x recipe x split)::
 
-    .venv/bin/python bench/bench_psim_recipes.py
+    .venv/bin/python bench/bench_psim_recipes.py --split dev --work bench/work/recipes
     .venv/bin/python bench/bench_psim_recipes.py --report
+
+Rows without ``split`` were measured on the test split (before issue 13).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ RECIPES: dict[str, dict] = {
 }
 COLUMNS = [
     "backbone_folder",
+    "split",
     "recipe",
     "auroc",
     "clean_mean",
@@ -70,7 +75,7 @@ def task_specific_backbones(work: Path) -> list[Path]:
 
 
 def cell(folder: Path, recipe: str, args) -> dict:
-    """Fit one recipe on one backbone and measure it on the movies test split."""
+    """Fit one recipe on one backbone and measure it on the movies ``args.split`` split (dev or test)."""
     from peftshield.attacks.record import read_poison_record
     from peftshield.data.corpora import load_splits
     from peftshield.defenses.psim import PSIMDetector
@@ -93,13 +98,15 @@ def cell(folder: Path, recipe: str, args) -> dict:
     detector.fit(splits.train)
     fit_seconds = time.perf_counter() - start
     trigger = record.trigger_objects()[0]
-    triggered = triggered_examples(splits.test, trigger, record.target, seed=args.seed)
-    clean_scores = detector.score([e.text for e in splits.test])
+    measured = splits.dev if args.split == "dev" else splits.test
+    triggered = triggered_examples(measured, trigger, record.target, seed=args.seed)
+    clean_scores = detector.score([e.text for e in measured])
     trig_scores = detector.score([e.text for e in triggered])
     fixed = m.detection_metrics(clean_scores, trig_scores, 0.7)
     cal = m.detection_metrics(clean_scores, trig_scores, detector.threshold_)
     return {
         "backbone_folder": folder.name,
+        "split": args.split,
         "attack": record.attack,
         "defense": "psim",
         "method": spec["method"],
@@ -126,13 +133,20 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=1000, help="clean movies texts for the module")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    where = "where the recipes are measured (choose on dev)"
+    parser.add_argument("--split", choices=("dev", "test"), default="dev", help=where)
+    parser.add_argument("--work", type=Path, default=WORK, help="folder holding the poisoned backbones")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
-    results = ResultFile(RESULT, "psim_recipes", "python bench/bench_psim_recipes.py")
+    command = f"python bench/bench_psim_recipes.py --split {args.split} --max-train {args.max_train}"
+    results = ResultFile(RESULT, "psim_recipes", command)
+    for row in results.rows:
+        row.setdefault("split", "test")  # the rows measured before the --split option
     if not args.report:
-        for folder in task_specific_backbones(WORK):
+        for folder in task_specific_backbones(args.work):
             for recipe in args.recipes.split(","):
                 key = {"backbone_folder": folder.name, "recipe": recipe, "seed": args.seed}
+                key["split"] = args.split
                 row = results.run_cell(key, lambda f=folder, r=recipe: cell(f, r, args))
                 shown = ", ".join(f"{k} {row[k]:.3f}" for k in COLUMNS[2:] if k in row)
                 print(f"  {shown or row.get('error')}", flush=True)

@@ -325,7 +325,14 @@ def test_run_writes_one_row_per_cell_and_builds_each_artifact_once(reference):
     grid_file = json.loads((results / "grid.json").read_text())
     assert grid_file["benchmark"] == "grid" and len(grid_file["rows"]) == 4
     assert {"git", "versions", "machine", "started", "command"} <= set(grid_file["meta"])
-    assert grid_file["summary"]["cells"] == {"planned": 4, "finished": 4, "failed": 0}
+    cells = grid_file["summary"]["cells"]
+    assert {k: cells[k] for k in ("planned", "finished", "failed")} == {
+        "planned": 4,
+        "finished": 4,
+        "failed": 0,
+    }
+    # cells with no backdoor to defend (evaluation.validity) are counted and named with their reason
+    assert cells["no_backdoor"] == len(grid_file["summary"]["no_backdoor"])
 
     # content-addressed caching: badnets is needed by two cells, built once and reused once
     built = built_counts(results)

@@ -25,6 +25,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "peftshield.errors": (0, "base"),
     "peftshield.utils": (0, "base"),
     "peftshield.evaluation.metrics": (0, "base"),  # pure metric functions over arrays
+    "peftshield.evaluation.validity": (0, "base"),  # the valid-cell rule over result rows
     "peftshield.data": (1, "data"),
     "peftshield.models": (2, "models"),
     "peftshield.tuning": (3, "tuning"),

@@ -25,6 +25,8 @@ from :func:`peftshield.evaluation.defended.defended_metrics` and :mod:`peftshiel
   trigger set), the victim's pass and the detector's pass timed back to back on each set (one
   shared pass for a monitor, which reads the victim's own forward pass; a memoised detector is
   charged its measured cost per text); named in the row as ``overhead_protocol``;
+- ``chance_cacc``: the accuracy of always answering the test split's most frequent class, which
+  the valid-cell rule reads (:mod:`peftshield.evaluation.validity`);
 - ``roc``: ``{fpr, tpr}`` points of the score; ``tradeoff``: ``{threshold, frr, far, asr, cacc}``
   as the threshold moves (defended ASR and CACC at each threshold).
 
@@ -417,6 +419,7 @@ def evaluate_policies(
     that depend on the cut (see the module docstring). Without a defence: one row.
     """
     from peftshield.evaluation import metrics as m
+    from peftshield.evaluation.validity import chance_accuracy
 
     if not test:
         raise PeftshieldError("the test split is empty")
@@ -441,7 +444,8 @@ def evaluate_policies(
             )
             for p in passes
         }
-        row: dict[str, Any] = {"n_clean": len(test)}
+        # the chance level the valid-cell rule reads (peftshield.evaluation.validity)
+        row: dict[str, Any] = {"n_clean": len(test), "chance_cacc": chance_accuracy(y_c.tolist())}
         if defense is not None:
             row["threshold"] = label
             row["threshold_value"] = float(cut)

@@ -156,26 +156,41 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
 
     A cell whose defence was inactive (a monitor with no PV to watch: it passes every input) is
     counted under ``inactive`` and left out of the means, as the report's claims leave it out:
-    averaging its undefended figures in would credit or blame a defence that never ran.
+    averaging its undefended figures in would credit or blame a defence that never ran. A cell with
+    no backdoor to defend (:mod:`peftshield.evaluation.validity`, docs/design.md "Valid cells") is
+    counted under ``cells.no_backdoor``, named with its reason under ``no_backdoor``, and left out of
+    the means too.
     """
+    from peftshield.evaluation.validity import no_backdoor_reasons
+
     ok = [r for r in rows if "error" not in r]
+    victims = [r for r in ok if r.get("mode") != "scan"]
+    reasons = no_backdoor_reasons(victims)
     summary: dict[str, Any] = {
-        "cells": {"planned": planned, "finished": len(ok), "failed": len(rows) - len(ok)},
+        "cells": {
+            "planned": planned,
+            "finished": len(ok),
+            "failed": len(rows) - len(ok),
+            "no_backdoor": sum(reason is not None for reason in reasons),
+        },
         "seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
         "by_defense": {},
+        "no_backdoor": {
+            r["cell"]: reason for r, reason in zip(victims, reasons, strict=True) if reason and "cell" in r
+        },
     }
     scans = [r for r in ok if r.get("mode") == "scan"]
     if scans:
         summary["scan"] = scan_summary(scans)
-    ok = [r for r in ok if r.get("mode") != "scan"]
 
     # A defence with several threshold policies is summarised per policy ("psim fixed@0.7").
     def group(row: dict[str, Any]) -> str:
-        many = len({str(r.get("threshold")) for r in ok if r["defense"] == row["defense"]}) > 1
+        many = len({str(r.get("threshold")) for r in victims if r["defense"] == row["defense"]}) > 1
         return f"{row['defense']} {row.get('threshold')}" if many else row["defense"]
 
-    for defense in dict.fromkeys(group(r) for r in ok):
-        mine = [r for r in ok if group(r) == defense and not r.get("inactive")]
+    valid = [r for r, reason in zip(victims, reasons, strict=True) if reason is None]
+    for defense in dict.fromkeys(group(r) for r in victims):
+        mine = [r for r in valid if group(r) == defense and not r.get("inactive")]
         attacked = [r for r in mine if "by_attack" not in r]
         cost = [
             r["cacc"] - r["defended_cacc"]
@@ -184,7 +199,7 @@ def summarize(rows: list[dict[str, Any]], planned: int) -> dict[str, Any]:
         ]
         summary["by_defense"][defense] = {
             "cells": len(mine),
-            "inactive": sum(1 for r in ok if group(r) == defense and r.get("inactive")),
+            "inactive": sum(1 for r in victims if group(r) == defense and r.get("inactive")),
             "mean_auroc": _mean([r.get("auroc") for r in attacked]),
             "mean_asr": _mean([r.get("asr") for r in attacked]),
             f"mean_{DEFENDED_ASR}": _mean([r.get(DEFENDED_ASR) for r in attacked]),

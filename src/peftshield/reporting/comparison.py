@@ -6,13 +6,17 @@ attack, method, seed), with ``auroc``, ``defended_asr_reject`` (older files: ``d
 ``defended_asr_lms``), ``cacc`` / ``defended_cacc``, ``frr``, ``far``, ``overhead_ratio`` and
 optionally a ``roc`` curve. A detector row without ``cacc`` / ``asr`` takes
 them from the cell's ``none`` row. The AUROC table marks the best detector of each cell and the
-text says where a baseline beats our detectors (the issue's target is the opposite).
+text says where a baseline beats our detectors (the issue's target is the opposite). A cell with no
+backdoor to defend (:mod:`peftshield.evaluation.validity`, docs/design.md "Valid cells": a victim at
+chance, or one whose ASR is not above the clean control's false-trigger rate) is shown as such and
+counted neither as a win nor as a loss.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from peftshield.evaluation.validity import NO_BACKDOOR, no_backdoor_reasons
 from peftshield.reporting.document import Bullets, Section, Table, Text, fmt, fmt_ratio, number
 from peftshield.reporting.plots import curve_figures, group_rows
 from peftshield.reporting.results import Benchmark
@@ -79,10 +83,13 @@ def auroc_table(rows: list[dict[str, Any]], keys: list[str]) -> tuple[Table | No
     """Cells × detectors AUROC (best per cell in bold), and one line per cell where a baseline wins."""
     detectors = sorted({str(r["defense"]) for r in rows if r.get("defense") != "none"}, key=_detector_rank)
     grid: dict[str, dict[str, float]] = {}
-    for row in rows:
+    invalid: dict[str, str] = {}
+    for row, reason in zip(rows, no_backdoor_reasons(rows), strict=True):
         value = number(row.get("auroc"))
         if value is not None and row.get("defense") != "none":
             grid.setdefault(cell_label(row, keys), {}).setdefault(str(row["defense"]), value)
+            if reason is not None:
+                invalid.setdefault(cell_label(row, keys), reason)
     if not grid:
         return None, []
     body, bold, notes = [], set(), []
@@ -97,7 +104,10 @@ def auroc_table(rows: list[dict[str, Any]], keys: list[str]) -> tuple[Table | No
                 bold.add((r, c))
         ours = {d: v for d, v in scores.items() if d in OURS}
         base = {d: v for d, v in scores.items() if is_baseline(d)}
-        if ours and base:
+        if cell in invalid:
+            verdict = f"{NO_BACKDOOR}: {invalid[cell]}"
+            notes.append(f"{cell}: {NO_BACKDOOR} ({invalid[cell]}); not counted")
+        elif ours and base:
             comparable += 1
             top_ours = max(ours, key=ours.get)
             top_base = max(base, key=base.get)
@@ -116,9 +126,11 @@ def auroc_table(rows: list[dict[str, Any]], keys: list[str]) -> tuple[Table | No
         body.append(line)
     caption = "AUROC per detector and cell (best in bold); 'winner' compares our best with the best baseline"
     table = Table(["cell", *detectors, "winner"], body, caption, bold=bold)
-    if comparable:
+    if comparable or invalid:
+        left_out = f" ({len(invalid)} cell(s) with {NO_BACKDOOR} left out)" if invalid else ""
         notes.insert(
-            0, f"Our detectors' AUROC is above every baseline's in {ours_win} of {comparable} cells."
+            0,
+            f"Our detectors' AUROC is above every baseline's in {ours_win} of {comparable} cells{left_out}.",
         )
     return table, notes
 
@@ -157,6 +169,13 @@ def comparison_section(bench: Benchmark, title: str | None = None) -> Section:
             Column("FAR", "far"),
             Column("overhead", "overhead_ratio", fmt_ratio),
         ]
+        reasons = {
+            id(r): reason
+            for r, reason in zip(detector_rows, no_backdoor_reasons(detector_rows), strict=True)
+            if reason is not None
+        }
+        if reasons:
+            columns.append(Column(NO_BACKDOOR, lambda r: reasons.get(id(r))))
         table = rows_table(detector_rows, columns, "Every detector on every cell")
         if table is not None:
             section.blocks.append(table)

@@ -3,7 +3,9 @@
 Each claim id maps to a function of the loaded results that returns our figure and a status:
 ``met`` / ``not met`` against a numeric bound, ``holds`` / ``fails`` / ``partly`` for a finding,
 ``for comparison`` where the claim has no bound to test, ``not measured`` where no result covers
-it. Failed cells never count as measured.
+it. Failed cells never count as measured, and neither do cells with no backdoor to defend (a victim
+at chance, or one whose ASR is not above the clean control's false-trigger rate:
+:mod:`peftshield.evaluation.validity`, docs/design.md "Valid cells").
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from peftshield.evaluation.validity import no_backdoor_reasons, valid_rows
 from peftshield.reporting.claims import CLAIMS, Claim
 from peftshield.reporting.document import Section, Table, Text, number
 from peftshield.reporting.results import Results
@@ -36,7 +39,8 @@ def _compare(value: float, bound: tuple[str, float]) -> bool:
 
 
 def _rows(results: Results, kind: str) -> list[dict[str, Any]]:
-    return [row for bench in results.of_kind(kind) for row in expand_policies(bench.ok_rows)]
+    # a cell with no backdoor to defend never counts for or against a claim (evaluation.validity)
+    return [row for bench in results.of_kind(kind) for row in valid_rows(expand_policies(bench.ok_rows))]
 
 
 def _retention_summary(results: Results) -> dict | None:
@@ -242,31 +246,41 @@ def _auroc_race(results: Results, _: Claim) -> Measured:
     from peftshield.reporting.comparison import OURS, cell_keys, is_baseline
     from peftshield.reporting.rows import cell_label
 
-    wins = total = 0
+    wins = total = excluded = 0
     used = []
     # cell by cell within each run: two grids may label different cells alike
     for bench in [*results.of_kind("comparison"), *results.of_kind("grid")]:
         name = bench.name
-        rows = [r for r in expand_policies(bench.ok_rows) if r.get("defense") is not None]
-        if not rows:
+        every = [r for r in expand_policies(bench.ok_rows) if r.get("defense") is not None]
+        if not every:
             continue
-        keys = cell_keys(rows)
+        keys = cell_keys(every)
+        reasons = no_backdoor_reasons(every)
         cells: dict[str, dict[str, float]] = {}
-        for row in rows:
+        invalid: set[str] = set()
+        for row, reason in zip(every, reasons, strict=True):
             value = number(row.get("auroc"))
-            if value is not None:
-                cells.setdefault(cell_label(row, keys), {}).setdefault(str(row["defense"]), value)
+            if value is None:
+                continue
+            if reason is not None:
+                invalid.add(cell_label(row, keys))
+                continue
+            cells.setdefault(cell_label(row, keys), {}).setdefault(str(row["defense"]), value)
         for scores in cells.values():
             ours = [v for d, v in scores.items() if d in OURS]
             base = [v for d, v in scores.items() if is_baseline(d)]
             if ours and base:
                 total += 1
                 wins += max(ours) > max(base)
+        excluded += len(invalid - set(cells))
         used.append(name)
     if not total:
         return Measured("—", NOT_MEASURED)
     status = "met" if wins == total else "not met" if wins == 0 else "partly"
-    return Measured(f"ours above every baseline in {wins} of {total} cells", status, ", ".join(used))
+    figure = f"ours above every baseline in {wins} of {total} cells"
+    if excluded:
+        figure += f" ({excluded} cell(s) with no backdoor to defend left out)"
+    return Measured(figure, status, ", ".join(used))
 
 
 def _design_tuning(results: Results, _: Claim) -> Measured:
