@@ -227,7 +227,12 @@ def poison_task_agnostic(
     start = time.perf_counter()
     if isinstance(backbone, str):
         backbone = load_backbone(backbone)
-    encoder, tokenizer, pooling = backbone.encoder, backbone.tokenizer, backbone.pooling
+    encoder, tokenizer = backbone.encoder, backbone.tokenizer
+    pooling = config.pooling or backbone.pooling
+    if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+        raise PeftshieldError(
+            f"{config.attack} config: pooling 'pooler', but the backbone has no pooler layer"
+        )
     config = config.resolved(getattr(encoder.config, "model_type", ""))
     check_trigger_tokenizes(config.triggers, tokenizer)
     hidden = int(encoder.config.hidden_size)
