@@ -140,3 +140,12 @@ def test_the_scan_pooling_setting_is_part_of_the_scan_key(tmp_path, tiny_bert, t
     assert scan_keys(pooling="cls") == cls_only
     with pytest.raises(PeftshieldError, match="scan.pooling"):
         scan_keys(pooling=["max"])
+
+
+def test_peftshield_tune_refuses_a_plain_peft_method(tiny_bert):
+    from peftshield.tuning.config import own_methods
+    from peftshield.tuning.trainer import tune
+
+    assert "peft-lora" not in own_methods() and "lora" in own_methods()
+    with pytest.raises(PeftshieldError, match="plain-peft trainer"):
+        tune(tiny_bert, toy_examples(16), [], "peft-lora", progress=False)

@@ -219,6 +219,11 @@ for _cls in (FullConfig, LoraMethodConfig, PromptConfig, PTuningConfig, PrefixCo
     register_method(_cls)
 
 
+def own_methods() -> list[str]:
+    """The methods peftshield's own trainer runs (``tune``, ``psim fit``), without the plain-peft ones."""
+    return [name for name, cls in METHODS.items() if cls.trainer == "peftshield"]
+
+
 def method_config(method: str, overrides: dict[str, Any] | None = None) -> MethodConfig:
     """Build the config of ``method`` with ``overrides``; unknown methods or keys are errors."""
     if method not in METHODS:
