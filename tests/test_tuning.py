@@ -9,7 +9,7 @@ from conftest import toy_examples
 from peftshield.errors import PeftshieldError
 from peftshield.models.backbones import fingerprint, load_backbone
 from peftshield.models.inference import predict_outputs
-from peftshield.tuning.config import METHODS, config_from_dict, method_config
+from peftshield.tuning.config import config_from_dict, method_config, own_methods
 from peftshield.tuning.trainer import build_classifier, load_tuned, save_tuned, tune
 from peftshield.utils.seeding import seed_everything
 
@@ -24,7 +24,7 @@ def _fixed_batch_loss(model, tokenizer, examples) -> float:
         return model(**batch, labels=torch.tensor([e.label for e in examples]))["loss"].item()
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(own_methods()))
 def test_training_lowers_the_loss_and_reload_is_identical(method, tiny_bert, tmp_path):
     train = toy_examples(32, seed=3)
     config = method_config(

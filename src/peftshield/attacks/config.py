@@ -321,6 +321,8 @@ class TaskAgnosticConfig(AttackConfig):
     held-out texts measure, every ``log_every`` steps, each trigger's MSE to its PV, its sign
     agreement with the PV and the clean drift from the reference.
     ``clean_weight=None`` means the reference's choice: 0.5 for BERT-like models, else 1.0.
+    ``pooling`` picks the vector the PVs target (the reference code's [CLS] is ``cls``); by
+    default the backbone's own pooling. The poisoned folder records it as its pooling.
     """
 
     kind: ClassVar[str] = "task-agnostic"
@@ -343,10 +345,20 @@ class TaskAgnosticConfig(AttackConfig):
     max_texts: int | None = None
     probe_size: int = 32
     log_every: int = 50
+    pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "vector the PVs target (cls | pooler | mean | last); default: the backbone's pooling"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         what = f"{self.attack} config"
+        from peftshield.models.pooling import POOLING_CHOICES
+
+        if self.pooling is not None and self.pooling not in POOLING_CHOICES:
+            raise PeftshieldError(f"{what}: pooling must be one of {', '.join(POOLING_CHOICES)} or null")
         self.triggers = _words(self.triggers, what)
         self.copies = _copies(self.copies, what, allow_por=True)
         if self.position not in _POSITIONS:
@@ -365,6 +377,13 @@ class TaskAgnosticConfig(AttackConfig):
         require_range(what, "warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
         for name in ("weight_decay", "grad_clip"):
             require_range(what, name, getattr(self, name), 0, float("inf"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``pooling`` only when set (recipes written before it keep their keys)."""
+        out = super().to_dict()
+        if out.get("pooling") is None:
+            out.pop("pooling", None)
+        return out
 
     def resolved(self, model_type: str) -> TaskAgnosticConfig:
         """A copy with ``clean_weight`` fixed for a ``model_type`` backbone (recorded in ``poison.json``)."""

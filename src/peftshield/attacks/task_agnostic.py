@@ -269,7 +269,8 @@ def poison_task_agnostic(
     start = time.perf_counter()
     if isinstance(backbone, str):
         backbone = load_backbone(backbone)
-    encoder, tokenizer, pooling = backbone.encoder, backbone.tokenizer, backbone.pooling
+    encoder, tokenizer = backbone.encoder, backbone.tokenizer
+    pooling = getattr(config, "pooling", None) or backbone.pooling
     is_btop = isinstance(config, BToPConfig)
     lm_head = backbone.lm_head
     if is_btop:
@@ -278,6 +279,10 @@ def poison_task_agnostic(
                 f"btop poisons a decoder's answer position through its LM head; {backbone.ref!r} has none"
             )
         pooling = "last"  # the answer position of a prompt-based decoder
+    if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+        raise PeftshieldError(
+            f"{config.attack} config: pooling 'pooler', but the backbone has no pooler layer"
+        )
     config = config.resolved(getattr(encoder.config, "model_type", ""))
     check_trigger_tokenizes(config.triggers, tokenizer)
     hidden = int(encoder.config.hidden_size)

@@ -344,10 +344,11 @@ def method_keys_help(
     import dataclasses
     import textwrap
 
-    from peftshield.tuning.config import METHODS
+    from peftshield.tuning.config import METHODS, own_methods
 
     lines = [header]
-    for name, cls in METHODS.items():
+    for name in own_methods():
+        cls = METHODS[name]
         pairs = []
         for f in dataclasses.fields(cls):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -15,7 +15,7 @@ from peftshield.commands.common import (
     parse_overrides,
     print_json,
 )
-from peftshield.tuning.config import METHODS
+from peftshield.tuning.config import own_methods
 
 EPILOG = """examples:
   peftshield tune --method lora --out runs/lora                   # minilm on movies
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_backbone_args(parser)
-    parser.add_argument("--method", default="lora", choices=sorted(METHODS), help="default: lora")
+    parser.add_argument("--method", default="lora", choices=sorted(own_methods()), help="default: lora")
     parser.add_argument(
         "--head",
         choices=("fresh", "keep"),

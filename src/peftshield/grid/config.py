@@ -8,7 +8,8 @@ Shape (every key optional except ``corpora``, ``backbones``, ``methods`` and ``d
     sizes:     {max_train: 400, max_eval: 150, split_seed: 0,
                 poison_max_train: 800, poison_max_eval: 150, defense_max_train: 400}
     scan:      {texts: wiki, text_column: text, attempts: 30, max_total_steps: 90,
-                stop_at_first: false, mining: {...MiningConfig keys}, thresholds: {...} or FILE.json}
+                stop_at_first: false, pooling: null or [cls, mean],
+                mining: {...MiningConfig keys}, thresholds: {...} or FILE.json}
     corpora:   [movies, {name: data/reviews.csv, label: reviews, text_column: review, label_column: stars}]
     backbones: [minilm, {name: path/to/hf-folder, label: mine, scan: false}]   # scan: false | {...overrides}
     attacks:   [none, badnets, {name: por, label: por-100, recipe: {steps: 100}, corpus: wiki}]
@@ -96,6 +97,9 @@ SCAN_DEFAULTS: dict[str, Any] = {
     "max_total_steps": 300,
     # The monitor needs every PV (a first-PV scan covers one trigger of six on a POR minilm).
     "stop_at_first": False,
+    # The vectors mined: null = every candidate vector of the architecture (the scan's default),
+    # or a list narrowing it; part of the scan's cache key.
+    "pooling": None,
     "mining": {},
     "thresholds": {},
 }
@@ -508,6 +512,17 @@ def _check_scan(settings: dict[str, Any], where: str, w: _Where, base: Path) -> 
             raise w.fail(f"{where}.{key}", f"must be a positive integer, got {value!r}")
     if not isinstance(out["stop_at_first"], bool):
         raise w.fail(f"{where}.stop_at_first", "must be true or false")
+    pooling = out["pooling"]
+    if pooling is not None:
+        from peftshield.models.pooling import POOLING_CHOICES
+
+        names = [pooling] if isinstance(pooling, str) else pooling
+        if not isinstance(names, list) or not names or any(n not in POOLING_CHOICES for n in names):
+            raise w.fail(
+                f"{where}.pooling",
+                f"must be null (every candidate vector) or a list of {', '.join(POOLING_CHOICES)}",
+            )
+        out["pooling"] = list(dict.fromkeys(names))
     if not isinstance(out["mining"], dict):
         raise w.fail(f"{where}.mining", "must be a mapping of mining config keys")
     try:

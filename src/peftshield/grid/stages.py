@@ -8,7 +8,9 @@ with the library's own entry points and returns what it measured:
   :func:`peftshield.attacks.task_agnostic.poison_task_agnostic` (POR / NeuBA on unlabelled text,
   LMSanitator's threat model), or a clean builder (:mod:`peftshield.attacks.clean`: a model
   continued-trained with an honest objective, the clean half of a zoo);
-- victim: :func:`peftshield.tuning.trainer.tune` + :func:`~peftshield.tuning.trainer.save_tuned`;
+- victim: :func:`peftshield.tuning.trainer.tune` + :func:`~peftshield.tuning.trainer.save_tuned`, or
+  for a ``plain-peft`` method :func:`peftshield.tuning.plain_peft.train_plain_peft` (a plain peft
+  adapter folder, loaded back with :func:`peftshield.defenses.victim.load_victim`);
 - scan: :func:`peftshield.defenses.lmsanitator.scan.scan` (PV mining and filtering);
 - defence: the defence's adapter (:mod:`peftshield.grid.defenses`).
 
@@ -119,6 +121,15 @@ def build_victim(stage: Stage, backbone: str, device: Any, out: Path) -> dict[st
     data, seed, head = stage.spec["data"], int(stage.spec["seed"]), stage.spec["head"]
     corpus = stage.args["corpus"]
     splits = load_split(corpus, data["split_seed"], data["max_train"], data["max_eval"])
+    if config.trainer == "plain-peft":
+        # A user's artifact: trained by transformers + peft alone, on the backbone's own weights
+        # (a fresh head: the attacker's head.safetensors is peftshield's file, no user has it).
+        from peftshield.models.backbones import resolve_backbone
+        from peftshield.tuning.plain_peft import train_plain_peft
+
+        location = resolve_backbone(backbone)[0]
+        info = train_plain_peft(location, splits.train, splits.dev, config, out, seed=seed, device=device)
+        return {**info, "head": "fresh"}
     result = tune(
         backbone, splits.train, splits.dev, config, seed=seed, device=device, head=head, progress=False
     )
@@ -154,6 +165,7 @@ def build_scan(stage: Stage, backbone: str, device: Any, out: Path) -> dict[str,
         attempts=spec["attempts"],
         max_total_steps=spec["max_total_steps"],
         stop_at_first=spec["stop_at_first"],
+        pooling=spec.get("pooling"),
         device=device,
         seed=int(spec["seed"]),
         progress=False,
@@ -162,6 +174,7 @@ def build_scan(stage: Stage, backbone: str, device: Any, out: Path) -> dict[str,
     result.save(out)
     return {
         "verdict": result.verdict,
+        "vectors": {name: vector.n_pvs for name, vector in result.vectors.items()},
         "n_pvs": result.n_pvs,
         "steps": result.steps,
         "attempts": len(result.attempts),
@@ -380,6 +393,8 @@ def _summary_fields(entries: dict[str, Any]) -> dict[str, Any]:
         out["trainable_params"] = victim.get("trainable_params")
     if scan:
         out["scan_verdict"], out["n_pvs"] = scan.get("verdict"), scan.get("n_pvs")
+        if "vectors" in scan:
+            out["scan_vectors"] = scan["vectors"]
         out["scan_seconds"] = scan.get("seconds")
     if defense:
         out["fit_seconds"] = defense.get("seconds")
@@ -557,7 +572,12 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
             return row
         victim = None
         if paths["victim"] is not None:
-            victim = load_tuned(paths["victim"], device=device, backbone=paths["backbone"])
+            if Path(paths["victim"], "run.json").is_file():
+                victim = load_tuned(paths["victim"], device=device, backbone=paths["backbone"])
+            else:  # a plain peft adapter folder (method trainer plain-peft), read as users' artifacts are
+                from peftshield.defenses.victim import load_victim
+
+                victim = load_victim(paths["victim"], device=str(device))
         defense = None
         if paths["defense"] is not None:
             defense = _load_defense(cell, paths["defense"], paths["backbone"], victim, device, results)

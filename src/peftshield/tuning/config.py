@@ -2,7 +2,9 @@
 
 Methods (docs/design.md; PSIM §4 "five fine-tuning strategies"): ``full`` fine-tuning, ``lora``,
 ``prompt`` tuning, ``ptuning`` (P-tuning v1, peft ``PromptEncoderConfig``) and ``prefix``
-(P-tuning v2, peft ``PrefixTuningConfig`` with ``prefix_projection=True``). Each config carries
+(P-tuning v2, peft ``PrefixTuningConfig`` with ``prefix_projection=True``); ``peft-lora`` is
+LoRA trained by a plain transformers + peft loop into a plain peft adapter folder
+(:mod:`peftshield.tuning.plain_peft`, the artifact users bring). Each config carries
 its own training hyperparameters with defaults measured on ``minilm`` / ``movies``
 (``bench/README.md``), rejects unknown keys with a clear message, and round-trips through JSON.
 """
@@ -28,6 +30,9 @@ class MethodConfig:
     """Training hyperparameters shared by every method (the base of each method's config)."""
 
     method: ClassVar[str] = ""
+    #: Who trains the victim: ``peftshield`` (:func:`peftshield.tuning.trainer.tune`) or
+    #: ``plain-peft`` (:func:`peftshield.tuning.plain_peft.train_plain_peft`).
+    trainer: ClassVar[str] = "peftshield"
     lr: float = 1e-3
     head_lr: float | None = field(default=None, metadata={"help": "learning rate of the head (default: lr)"})
     epochs: int = 2
@@ -216,6 +221,16 @@ class PrefixConfig(_VirtualTokenConfig):
         )
 
 
+@dataclass
+class PlainLoraConfig(LoraMethodConfig):
+    """LoRA as a user trains it: ``AutoModelForSequenceClassification`` + peft, a plain loop
+    (:mod:`peftshield.tuning.plain_peft`), saved as a plain peft adapter folder; same
+    hyperparameters as ``lora``. The byom benchmark's user artifact (issue 11)."""
+
+    method: ClassVar[str] = "peft-lora"
+    trainer: ClassVar[str] = "plain-peft"
+
+
 METHODS: dict[str, type[MethodConfig]] = {}
 
 
@@ -228,8 +243,13 @@ def register_method(config_cls: type[MethodConfig]) -> type[MethodConfig]:
     return config_cls
 
 
-for _cls in (FullConfig, LoraMethodConfig, PromptConfig, PTuningConfig, PrefixConfig):
+for _cls in (FullConfig, LoraMethodConfig, PromptConfig, PTuningConfig, PrefixConfig, PlainLoraConfig):
     register_method(_cls)
+
+
+def own_methods() -> list[str]:
+    """The methods peftshield's own trainer runs (``tune``, ``psim fit``), without the plain-peft ones."""
+    return [name for name, cls in METHODS.items() if cls.trainer == "peftshield"]
 
 
 def method_config(method: str, overrides: dict[str, Any] | None = None) -> MethodConfig:

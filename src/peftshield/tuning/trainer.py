@@ -214,6 +214,11 @@ def tune(
         from peftshield.tuning.config import method_config
 
         config = method_config(config)
+    if config.trainer != "peftshield":
+        raise PeftshieldError(
+            f"method {config.method} is trained by the {config.trainer} trainer "
+            "(peftshield.tuning.plain_peft), not by tune"
+        )
 
     num_labels = check_labels(train, num_labels)
     if any(not 0 <= e.label < num_labels for e in dev):
