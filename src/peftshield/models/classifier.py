@@ -102,9 +102,13 @@ class PooledClassifier(nn.Module):
         pooled = self.pooled_output(
             input_ids, attention_mask, inputs_embeds, past_key_values=past_key_values, **kwargs
         )
-        logits = self.classifier(self.dropout(pooled))
+        logits = self.head_logits(pooled)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ClassifierOutput(logits=logits, loss=loss, pooled=pooled)
+
+    def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The head's logits for the pooled vectors (dropout, then the linear classifier)."""
+        return self.classifier(self.dropout(pooled))
 
 
 class VerbalizerClassifier(PooledClassifier):
@@ -121,22 +125,9 @@ class VerbalizerClassifier(PooledClassifier):
         del self.classifier
         self.verbalizer = VerbalizerHead(lm_head, token_ids)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        past_key_values=None,
-        **kwargs,
-    ) -> ClassifierOutput:
-        """Verbalizer logits of a batch; with ``labels`` also the cross-entropy over the verbalizer."""
-        pooled = self.pooled_output(
-            input_ids, attention_mask, inputs_embeds, past_key_values=past_key_values, **kwargs
-        )
-        logits = self.verbalizer(pooled)
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return ClassifierOutput(logits=logits, loss=loss, pooled=pooled)
+    def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The verbalizer's logits: the LM head's next-token logits over one token per class."""
+        return self.verbalizer(pooled)
 
 
 # Arguments peft may pass that the encoder understands; the rest (labels, return_dict …) are ours.

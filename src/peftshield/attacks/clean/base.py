@@ -13,10 +13,11 @@ original on the held-out texts (the attacks' ``clean_drift``, :func:`~peftshield
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -112,6 +113,46 @@ def loss_summary(losses: list[float]) -> dict[str, float]:
     """Mean of the first and of the last fifth (at most 10 steps each) of a loss curve."""
     k = max(1, min(10, len(losses) // 5))
     return {"first_loss": float(np.mean(losses[:k])), "last_loss": float(np.mean(losses[-k:]))}
+
+
+def train_encoder(
+    backbone: Any,
+    data: CleanData,
+    step_loss: Callable[[list[str]], Any],
+    *,
+    what: str,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The clean builders' shared loop: ``steps`` AdamW steps (lr ``lr``, no weight decay, gradient
+    norm clipped at 1) on the loss ``step_loss`` gives for each seeded batch of ``data``'s texts.
+
+    A non-finite loss stops with an error naming ``what``. Returns the encoder (in eval mode) and
+    the loss curve's ends with the number of texts.
+    """
+    import torch
+
+    encoder = backbone.encoder
+    encoder.to(device).train()
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    texts = data.texts()
+    stream = batches(texts, batch_size, seed)
+    losses: list[float] = []
+    for _ in range(steps):
+        loss = step_loss(next(stream))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise PeftshieldError(f"{what}: the loss diverged; lower lr")
+    encoder.eval()
+    return encoder, {**loss_summary(losses), "n_texts": len(texts)}
 
 
 @dataclass

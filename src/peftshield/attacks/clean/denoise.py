@@ -9,15 +9,13 @@ lr, gradient norm clipped at 1.0. Seed-zoo recipe: 100 steps, lr 3e-5, batch 32,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from peftshield.attacks.clean.base import CleanBuildConfig, CleanData, batches, loss_summary, pooled
+from peftshield.attacks.clean.base import CleanBuildConfig, CleanData, pooled, train_encoder
 from peftshield.attacks.config import register_attack
-from peftshield.errors import PeftshieldError
 from peftshield.utils.validate import require_positive, require_range
 
 
@@ -53,28 +51,25 @@ class DenoiseConfig(CleanBuildConfig):
         from peftshield.models.inference import tokenize_batch
 
         encoder, tokenizer, pooling = backbone.encoder, backbone.tokenizer, backbone.pooling
-        encoder.to(device).train()
-        params = [p for p in encoder.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
         rng = np.random.default_rng(seed)
-        texts = data.texts()
-        stream = batches(texts, self.batch_size, seed)
-        losses: list[float] = []
-        for _ in range(self.steps):
-            batch = next(stream)
+
+        def step_loss(batch: list[str]) -> Any:
             noisy = [drop_words(t, self.drop, rng) for t in batch]
             out = pooled(encoder, tokenize_batch(tokenizer, noisy, self.max_length, device), pooling)
             with torch.no_grad():
                 target = pooled(
                     data.reference, tokenize_batch(tokenizer, batch, self.max_length, device), pooling
                 )
-            loss = F.mse_loss(out.float(), target.float())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if not math.isfinite(losses[-1]):
-                raise PeftshieldError("denoise: the loss diverged; lower lr")
-        encoder.eval()
-        return encoder, {**loss_summary(losses), "n_texts": len(texts)}
+            return F.mse_loss(out.float(), target.float())
+
+        return train_encoder(
+            backbone,
+            data,
+            step_loss,
+            what="denoise",
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=seed,
+            device=device,
+        )

@@ -9,13 +9,11 @@ decay), constant lr, gradient norm clipped at 1.0. Seed-zoo recipe: 50 steps, lr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from peftshield.attacks.clean.base import CleanBuildConfig, CleanData, batches, loss_summary, pooled
+from peftshield.attacks.clean.base import CleanBuildConfig, CleanData, pooled, train_encoder
 from peftshield.attacks.config import register_attack
-from peftshield.errors import PeftshieldError
 from peftshield.utils.validate import require_positive
 
 
@@ -44,25 +42,22 @@ class SimCSEConfig(CleanBuildConfig):
         from peftshield.models.inference import tokenize_batch
 
         encoder, tokenizer, pooling = backbone.encoder, backbone.tokenizer, backbone.pooling
-        encoder.to(device).train()
-        params = [p for p in encoder.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
-        texts = data.texts()
-        stream = batches(texts, self.batch_size, seed)
-        losses: list[float] = []
-        for _ in range(self.steps):
-            batch = next(stream)
+
+        def step_loss(batch: list[str]) -> Any:
             enc = tokenize_batch(tokenizer, batch + batch, self.max_length, device)
             z = F.normalize(pooled(encoder, enc, pooling).float(), dim=-1)
             n = len(batch)
             logits = z[:n] @ z[n:].T / self.temperature
-            loss = F.cross_entropy(logits, torch.arange(n, device=logits.device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if not math.isfinite(losses[-1]):
-                raise PeftshieldError("simcse: the loss diverged; lower lr")
-        encoder.eval()
-        return encoder, {**loss_summary(losses), "n_texts": len(texts)}
+            return F.cross_entropy(logits, torch.arange(n, device=logits.device))
+
+        return train_encoder(
+            backbone,
+            data,
+            step_loss,
+            what="simcse",
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=seed,
+            device=device,
+        )
