@@ -197,6 +197,8 @@ def plan_report(grid: Any, results: str | None) -> dict[str, Any]:
         "source": grid.source,
         "mode": grid.mode,
         "zoo": grid.zoo,
+        "evaluate_on": grid.sizes.evaluate_on,
+        "dev_heldout": grid.sizes.dev_heldout,
         "axes": {
             "corpora": [c.label for c in grid.corpora],
             "backbones": [b.label for b in grid.backbones],
@@ -245,6 +247,11 @@ def plan_command(args: argparse.Namespace) -> int:
     print(
         f"  cells: {by_state['done']} done, {by_state['failed']} failed (to retry), {by_state['todo']} to run"
     )
+    if report.get("evaluate_on") == "dev":
+        print(
+            f"  measured on: the dev split, its first {report['dev_heldout']:g} held out for the defences "
+            "(the test split is not read)"
+        )
     print(
         "  artifacts: "
         + ", ".join(

@@ -40,12 +40,15 @@ Where this implementation differs, and why:
   and settle the default for real backbones.
 - The default module is **LoRA** (lr 1e-3, head frozen, 1 epoch), not the paper's P-tuning, which
   stays selectable (``method="ptuning"``). Measured on ``minilm`` with the BadNets backbone of the
-  benchmarks (``bench/bench_psim_recipes.py``; table in docs/design.md, "Deviations from the
-  papers"): AUROC 0.999 for LoRA against 0.903 (P-tuning lr 3e-3) and 0.955 (reference lr 2e-5).
+  benchmarks (the former ``bench/bench_psim_recipes.py``, on the movies **test** split; table in
+  docs/design.md, "Deviations from the papers"): AUROC 0.999 for LoRA against 0.903 (P-tuning lr
+  3e-3) and 0.955 (reference lr 2e-5).
   Only LoRA separates the tails: at the FRR a defender can afford, P-tuning lets a third or more
   of the triggered inputs through. On the other task-specific backbones (same cells) LoRA's AUROC
   is again at least P-tuning's: clean-label 1.000 vs 1.000, InSent 0.992 vs 0.940, template 0.999
-  vs 0.509 (``bench/results/psim_recipes.json``).
+  vs 0.509 (``bench/results/psim_recipes_test.json``). That choice read the test split; it is
+  remade on the dev split by ``bench/grids/psim_recipes.json`` (docs/design.md, "Choosing on the
+  dev split"; not yet run).
 - ``reset_rate`` generalises the reference's 100 % reset (each label is replaced with probability
   ``reset_rate`` by a uniformly drawn one; the reference has no such parameter).
 - The threshold can also be calibrated at a target false-rejection rate on a held-out part of the

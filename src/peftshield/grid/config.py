@@ -6,14 +6,16 @@ Shape (every key optional except ``corpora``, ``backbones``, ``methods`` and ``d
     description: free text
     seeds: [0, 1]
     sizes:     {max_train: 400, max_eval: 150, split_seed: 0,
-                poison_max_train: 800, poison_max_eval: 150, defense_max_train: 400}
+                poison_max_train: 800, poison_max_eval: 150, defense_max_train: 400,
+                evaluate_on: test, dev_heldout: null}          # evaluate_on: dev (below)
     scan:      {texts: wiki, text_column: text, attempts: 30, max_total_steps: 90,
                 stop_at_first: false, pooling: null or [cls, mean],
                 mining: {...MiningConfig keys}, thresholds: {...} or FILE.json}
     corpora:   [movies, {name: data/reviews.csv, label: reviews, text_column: review, label_column: stars}]
     backbones: [minilm, {name: path/to/hf-folder, label: mine, scan: false}]   # scan: false | {...overrides}
     attacks:   [none, badnets, {name: por, label: por-100, recipe: {steps: 100}, corpus: wiki}]
-    methods:   [lora, {name: prefix, label: prefix-8, config: {num_virtual_tokens: 8}, head: fresh}, none]
+    methods:   [lora, {name: prefix, label: prefix-8, config: {num_virtual_tokens: 8}, head: fresh}, none,
+                {name: lora, label: lora-s0, seed: 0}]   # seed: the victim's tuning seed (default: cell's)
     defenses:  [none, psim, {name: monitor, threshold: 0.8},
                 {name: psim, label: psim-policies, policies: [0.7, calibrated@0.01, {target_frr: 0.05}]}]
     benchmark: grid      # the ``benchmark`` field of grid.json (e.g. retention, psim: the report's section)
@@ -33,6 +35,23 @@ its scores of the clean held-out texts, and each policy's threshold is read from
 number, or :func:`~peftshield.evaluation.metrics.calibrate_threshold` at the target FRR). A cell
 then scores its texts once and yields one result row per policy (``threshold`` = the policy's
 label, ``fixed@0.7`` / ``calibrated@0.01``).
+
+Measured split (``sizes.evaluate_on``, docs/design.md "Choosing on the dev split"): ``test``
+(default) measures every cell on the clean test split and its triggered copies, and the defences'
+held-out texts (construction, calibration, threshold policies) are the dev split. ``dev`` measures
+on the dev split instead, for the choices that must not read the test split (recipes,
+optimisers): the dev split is cut in two, its first ``dev_heldout`` share (default 0.5) is the
+defences' held-out texts and the cells measure the rest, so no threshold is calibrated on the
+texts it is measured on. ``dev_heldout`` must lie strictly between 0 and 1 (0 would leave the
+defences calibrating on the whole dev split, the one being measured: refused), and is refused with
+``evaluate_on: test``. PSIM's own calibrated threshold comes from its ``calibration_fraction`` of
+the defender's training data either way. Poisons and victims do not read the measured split, so
+their cache keys do not depend on it (a results folder shares them between a dev and a test
+grid); the defence's key and the cell id do. Every row records ``evaluate_on``.
+
+An attack's ``seed`` pins its poisoning seed and a method's ``seed`` its victim's tuning seed
+(default: the cell's seed); with both pinned, a grid's ``seeds`` repeat only the defence (one
+victim, several fits of the defence, as an optimiser comparison needs).
 
 Full fine-tuning budgets are method entries: ``{name: full, label: full-lr1e-4x2, config: {lr:
 1e-4, epochs: 2}}``; a ``budgets`` list, ``{name: full, budgets: [{lr: 5e-5, epochs: 1}, ...]}``,
@@ -89,7 +108,13 @@ SIZE_DEFAULTS: dict[str, Any] = {
     "poison_max_train": None,  # default: max_train
     "poison_max_eval": None,  # default: max_eval
     "defense_max_train": None,  # default: max_train
+    "evaluate_on": "test",  # or "dev" (module docstring)
+    "dev_heldout": None,  # with evaluate_on dev: the dev share held out for the defences (default 0.5)
 }
+#: Splits a cell may be measured on (``sizes.evaluate_on``).
+EVALUATE_ON = ("test", "dev")
+#: The dev share held out for the defences when a grid measures the dev split.
+DEV_HELDOUT_DEFAULT = 0.5
 SCAN_DEFAULTS: dict[str, Any] = {
     "texts": "wiki",
     "text_column": "text",
@@ -163,6 +188,7 @@ class MethodEntry:
     name: str
     config: dict[str, Any] | None = None
     head: str = "auto"
+    seed: int | None = None  # the victim's tuning seed; None: the cell's seed
 
 
 @dataclass(frozen=True)
@@ -189,7 +215,9 @@ class DefenseEntry:
 
 @dataclass(frozen=True)
 class Sizes:
-    """Data caps: victim train / eval, attacker train / eval, defender's clean training data."""
+    """Data caps: victim train / eval, attacker train / eval, defender's clean training data; the
+    split the cells measure (``evaluate_on``) and, when it is dev, the share of it held out for the
+    defences (``dev_heldout``; module docstring)."""
 
     max_train: int | None
     max_eval: int | None
@@ -197,6 +225,8 @@ class Sizes:
     poison_max_train: int | None
     poison_max_eval: int | None
     defense_max_train: int | None
+    evaluate_on: str = "test"
+    dev_heldout: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -622,13 +652,18 @@ def _method(where: str, item: dict[str, Any], w: _Where) -> MethodEntry:
     if _is_none_entry(item, where, w):
         return MethodEntry(label=item.get("label") or NONE, name=NONE)
     name = item["name"]
-    _check_keys(item, ("name", "label", "config", "head"), where, w)
+    _check_keys(item, ("name", "label", "config", "head", "seed"), where, w)
     _require_known("method", name, METHODS, where, w)
     config = _config(method_config, name, item.get("config"), "method", f"{where}.config", w)
     head = item.get("head", "auto")
     if head not in HEADS:
         raise w.fail(f"{where}.head", f"must be one of {', '.join(HEADS)}, got {head!r}")
-    return MethodEntry(label=item.get("label") or name, name=name, config=config.to_dict(), head=head)
+    seed = item.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise w.fail(f"{where}.seed", f"must be an integer >= 0, got {seed!r}")
+    return MethodEntry(
+        label=item.get("label") or name, name=name, config=config.to_dict(), head=head, seed=seed
+    )
 
 
 def _budget_methods(
@@ -776,7 +811,9 @@ def _sizes(data: dict[str, Any], w: _Where) -> Sizes:
     _check_keys(sizes_in, tuple(SIZE_DEFAULTS), "sizes", w)
     merged = {**SIZE_DEFAULTS, **sizes_in}
     for key, value in merged.items():
-        merged[key] = _int_or_none(value, f"sizes.{key}", w, minimum=0 if key == "split_seed" else 1)
+        if key not in ("evaluate_on", "dev_heldout"):
+            merged[key] = _int_or_none(value, f"sizes.{key}", w, minimum=0 if key == "split_seed" else 1)
+    merged["evaluate_on"], merged["dev_heldout"] = _measured_split(merged, w)
     merged["split_seed"] = merged["split_seed"] or 0
     for key, fallback in (
         ("poison_max_train", "max_train"),
@@ -786,6 +823,36 @@ def _sizes(data: dict[str, Any], w: _Where) -> Sizes:
         if merged[key] is None:
             merged[key] = merged[fallback]
     return Sizes(**merged)
+
+
+def _measured_split(sizes: dict[str, Any], w: _Where) -> tuple[str, float | None]:
+    """``(evaluate_on, dev_heldout)`` checked (module docstring, "Measured split")."""
+    split, share = sizes["evaluate_on"], sizes["dev_heldout"]
+    if split not in EVALUATE_ON:
+        raise w.fail("sizes.evaluate_on", f"must be one of {', '.join(EVALUATE_ON)}, got {split!r}")
+    if split == "test":
+        if share is not None:
+            raise w.fail(
+                "sizes.dev_heldout",
+                "only with evaluate_on: dev (a test-split grid holds all of dev out for the defences)",
+            )
+        return split, None
+    if share is None:
+        return split, DEV_HELDOUT_DEFAULT
+    if isinstance(share, bool) or not isinstance(share, int | float):
+        raise w.fail("sizes.dev_heldout", f"must be a number strictly between 0 and 1, got {share!r}")
+    if share <= 0:
+        raise w.fail(
+            "sizes.dev_heldout",
+            f"is {share!r} with evaluate_on: dev: the defences would calibrate on the dev texts the "
+            "cells measure; hold a share of the dev split out for them (strictly between 0 and 1, e.g. 0.5)",
+        )
+    if share >= 1:
+        raise w.fail(
+            "sizes.dev_heldout",
+            f"is {share!r}: no dev text would be left to measure; use a share strictly between 0 and 1",
+        )
+    return split, float(share)
 
 
 def _seeds(data: dict[str, Any], w: _Where) -> tuple[int, ...]:

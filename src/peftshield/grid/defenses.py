@@ -58,8 +58,9 @@ class FitInputs:
     ``victim``: the tuned victim's folder (``None`` in a cell without a victim); ``scan``: the
     LMSanitator scan folder of the backbone (``None`` unless the defence needs it);
     ``clean_train``: the defender's clean labelled data (the victim corpus' train split, capped
-    at ``sizes.defense_max_train``); ``clean_heldout``: clean texts never trained on (the victim
-    corpus' dev split).
+    at ``sizes.defense_max_train``); ``clean_heldout``: clean texts never trained on and never
+    measured (the victim corpus' dev split; its first part when the grid measures the rest of it,
+    ``sizes.evaluate_on: dev``).
     """
 
     backbone: str

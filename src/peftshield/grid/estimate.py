@@ -42,6 +42,19 @@ def _rows(size: int | None, cap: int | None, share: float) -> int:
     return min(cap, whole) if whole else cap
 
 
+def _dev_share(data: dict[str, Any], part: str) -> float:
+    """The share of the dev split a defence holds out (``heldout``) or a cell measures (``measured``)
+    in a grid measured on dev (``sizes.evaluate_on``); 1 for the held-out part of a test-split grid."""
+    if data.get("evaluate_on", "test") == "test":
+        return 1.0
+    share = float(data["dev_heldout"])
+    return share if part == "heldout" else 1.0 - share
+
+
+#: Forward + backward passes per construction text and epoch of RAP's word embedding.
+RAP_CONSTRUCT_PASSES = 3.0
+
+
 def _step_scale(batch_size: int, max_length: int) -> float:
     return (batch_size / 32) * (max_length / 64)
 
@@ -101,7 +114,11 @@ def stage_seconds(
     if stage.kind == "defense":
         name, params, data = spec["defense"], spec["params"], spec["data"]
         n_train = _rows(corpus_size, data["train"], 0.7)
-        n_held = _rows(corpus_size, data["heldout"], 0.1)
+        n_held = round(_rows(corpus_size, data["heldout"], 0.1) * _dev_share(data, "heldout"))
+        if name == "rap":  # the word's embedding is learned over the construction texts (RAP §3)
+            n_pool = (1.0 - float(params.get("calibration_fraction", 0.2))) * n_held
+            construct = params.get("epochs", 5) * n_pool * RAP_CONSTRUCT_PASSES * TEXT_SECONDS * scale
+            return LOAD_SECONDS + construct + n_held * SCORE_PASSES["rap"] * TEXT_SECONDS * scale
         if name == "psim":
             from peftshield.defenses.psim import PSIM_RECIPES
 
@@ -131,7 +148,11 @@ def evaluation_seconds(
     """
     if getattr(cell, "mode", "victim") == "scan":
         return 0.0  # the row is read from the scan's files
-    n_test = _rows(cell.corpus.size, cell.sizes["max_eval"], 0.2)
+    sizes = cell.sizes
+    if sizes.get("evaluate_on", "test") == "dev":
+        n_test = round(_rows(cell.corpus.size, sizes["max_eval"], 0.1) * _dev_share(sizes, "measured"))
+    else:
+        n_test = _rows(cell.corpus.size, sizes["max_eval"], 0.2)
     name = cell.defense.name
     sets = [("clean", n_test)] + [
         (attack, n_triggers * (n_test // 2 if task_specific else n_test))

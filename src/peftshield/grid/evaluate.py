@@ -1,5 +1,8 @@
 """Measure one grid cell: the victim and its defence on the clean test split and its triggered copies.
 
+(With ``sizes.evaluate_on: dev`` the measured split is the part of the dev split the defences did
+not hold out, :func:`peftshield.grid.stages.heldout_and_measured`; "test" below reads "measured".)
+
 Every cell of a victim sees the SAME inputs, whatever its defence, so the undefended figures of a
 victim agree across its defences: the clean test split, and per trigger the test examples whose
 label is not the target (all of them for task-agnostic attacks) with the trigger inserted with
@@ -422,7 +425,7 @@ def evaluate_policies(
     from peftshield.evaluation.validity import chance_accuracy
 
     if not test:
-        raise PeftshieldError("the test split is empty")
+        raise PeftshieldError("the measured split is empty")
     if victim is None and defense is None:
         raise PeftshieldError("a cell without a victim needs a defence to measure")
     timer = _Timer()

@@ -17,6 +17,11 @@ nothing (no victim and no defence). Each cell holds up to four stages (:class:`~
 The cell id (``corpus.backbone.attack.method.defense.s<seed>.<hash>``) hashes every stage key and
 the evaluation settings: a result file is reused only for exactly the same cell.
 
+A grid measured on the dev split (``sizes.evaluate_on: dev``, :mod:`.config`) adds the split and
+its held-out share to the defence's key (its held-out texts are the first part of dev) and to the
+evaluation settings; the poison and victim keys do not change (they never read the measured split),
+nor does anything of a test-split grid (its keys are those it had before the option existed).
+
 Order: cells are interleaved across their poisoned backbones (round robin), so that parallel
 workers start on different poisonings instead of queueing for one.
 
@@ -131,6 +136,13 @@ def _victim_data(corpus: CorpusRef, sizes: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def measured_split(sizes: dict[str, Any]) -> dict[str, Any]:
+    """What a dev-split grid adds to the defence key and the evaluation settings (empty for test)."""
+    if sizes.get("evaluate_on", "test") == "test":
+        return {}
+    return {"evaluate_on": sizes["evaluate_on"], "dev_heldout": sizes["dev_heldout"]}
+
+
 def poison_stage(backbone: BackboneEntry, attack: AttackEntry, sizes: dict[str, Any], seed: int) -> Stage:
     """The poisoning of ``backbone`` by ``attack`` (see the module docstring for the key)."""
     assert attack.corpus is not None and attack.recipe is not None
@@ -163,6 +175,7 @@ def victim_stage(
     backbone_key: str, corpus: CorpusRef, method: MethodEntry, head: str, sizes: dict[str, Any], seed: int
 ) -> Stage:
     """The victim's tuning of the (poisoned) backbone ``backbone_key`` on ``corpus``."""
+    seed = seed if method.seed is None else method.seed  # a method's own seed pins its tuning
     return Stage(
         kind="victim",
         name=method.name,
@@ -212,6 +225,7 @@ def defense_stage(
         "split_seed": sizes["split_seed"],
         "train": sizes["defense_max_train"],
         "heldout": sizes["max_eval"],
+        **measured_split(sizes),
     }
     return Stage(
         kind="defense",
@@ -314,7 +328,7 @@ def expand(grid: GridSpec) -> list[Cell]:
                             )
                             evaluation = {
                                 "version": EVAL_VERSION,
-                                "data": _victim_data(corpus, sizes),
+                                "data": {**_victim_data(corpus, sizes), **measured_split(sizes)},
                                 "defense": _evaluated_defense(defense),
                                 "trigger_sets": control_triggers if attack.name == NONE else "poison record",
                                 "seed": seed,

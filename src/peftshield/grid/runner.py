@@ -253,12 +253,16 @@ def write_grid_file(
         rows_by_id = {c.id: row for c in cells if (row := read_row(results, c.id)) is not None}
     # One row per threshold policy (a cell with several policies has several rows).
     rows = [r for c in cells if c.id in rows_by_id for r in policy_rows(rows_by_id[c.id])]
+    for row in rows:  # cell files written before the option were all measured on the test split
+        if row.get("mode") != "scan":
+            row.setdefault("evaluate_on", "test")
     meta = run_metadata(command)
     meta.update(
         {
             "grid": grid.name,
             "grid_file": portable_ref(grid.source),
             "grid_digest": grid_digest(grid),
+            "evaluate_on": grid.sizes.evaluate_on,
             "planned_cells": [c.id for c in cells],
         }
     )

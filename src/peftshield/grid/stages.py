@@ -62,6 +62,30 @@ def load_split(corpus: dict[str, Any], split_seed: int, max_train: int | None, m
     return _SPLITS[key]
 
 
+def heldout_and_measured(corpus: dict[str, Any], sizes: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """``(the defences' clean held-out examples, the clean examples the cell measures)``.
+
+    The one place that says which texts calibrate and which are measured (docs/design.md,
+    "Choosing on the dev split"): with ``evaluate_on: test`` (default) the dev split and the test
+    split; with ``evaluate_on: dev`` the first ``round(dev_heldout * n)`` examples of the dev split
+    (already shuffled by its split seed) and the rest of it, which never overlap.
+    """
+    from peftshield.errors import PeftshieldError
+
+    splits = load_split(corpus, sizes["split_seed"], sizes["max_train"], sizes["max_eval"])
+    dev = list(splits.dev)
+    if sizes.get("evaluate_on", "test") == "test":
+        return dev, list(splits.test)
+    cut = int(round(float(sizes["dev_heldout"]) * len(dev)))
+    heldout, measured = dev[:cut], dev[cut:]
+    if not heldout or not measured:
+        raise PeftshieldError(
+            f"the dev split holds {len(dev)} examples: too few to hold {sizes['dev_heldout']:g} of them out "
+            "for the defences and measure the rest; raise sizes.max_eval or change sizes.dev_heldout"
+        )
+    return heldout, measured
+
+
 def _texts(source: str, text_column: str) -> list[str]:
     from peftshield.data.corpora import load_corpus
 
@@ -188,12 +212,19 @@ HELDOUT_SCORES_FILE = "heldout_scores.json"
 
 
 def build_defense(
-    adapter: Any, params: dict[str, Any], inputs: Any, out: Path, *, policies: bool = False
+    adapter: Any,
+    params: dict[str, Any],
+    inputs: Any,
+    out: Path,
+    *,
+    policies: bool = False,
+    heldout_label: str = "clean held-out (dev)",
 ) -> dict[str, Any]:
     """Fit a defence with its adapter and save it into ``out`` (or record why it is inactive).
 
-    With ``policies``, the fitted detector also scores the clean held-out texts (never the test
-    split) into ``HELDOUT_SCORES_FILE`` beside ``out``: every policy's threshold is read from them.
+    With ``policies``, the fitted detector also scores the clean held-out texts (never the split
+    the cells measure, :func:`heldout_and_measured`) into ``HELDOUT_SCORES_FILE`` beside ``out``:
+    every policy's threshold is read from them.
     """
     import numpy as np
 
@@ -211,7 +242,7 @@ def build_defense(
             raise ValueError("the fitted defence gave a non-finite score on a clean held-out text")
         write_json(
             out.parent / HELDOUT_SCORES_FILE,
-            {"split": "clean held-out (dev)", "n": int(scores.size), "scores": [float(x) for x in scores]},
+            {"split": heldout_label, "n": int(scores.size), "scores": [float(x) for x in scores]},
         )
         info = {**info, "n_heldout_scores": int(scores.size)}
     return info
@@ -339,7 +370,7 @@ def _run_chain(
             train = load_split(
                 corpus, sizes["split_seed"], sizes["defense_max_train"], sizes["max_eval"]
             ).train
-            heldout = load_split(corpus, sizes["split_seed"], sizes["max_train"], sizes["max_eval"]).dev
+            heldout, _ = heldout_and_measured(corpus, sizes)
             inputs = FitInputs(
                 backbone=backbone,
                 victim=paths["victim"],
@@ -349,8 +380,15 @@ def _run_chain(
                 seed=cell.seed,
                 device=str(device),
             )
+            dev_part = sizes.get("evaluate_on", "test") == "dev"
+            label = f"first {sizes['dev_heldout']:g} of dev" if dev_part else "clean held-out (dev)"
             return build_defense(
-                adapter, cell.defense.params, inputs, out, policies=bool(cell.defense.policies)
+                adapter,
+                cell.defense.params,
+                inputs,
+                out,
+                policies=bool(cell.defense.policies),
+                heldout_label=label,
             )
 
         paths["defense"] = str(run(stage_d, fit))
@@ -473,7 +511,13 @@ def cell_config(cell: Cell) -> dict[str, Any]:
 def _head(cell: Cell) -> dict[str, Any]:
     if cell.mode == "scan":  # no defence: no threshold; the builder names how the model was made
         return {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "builder": cell.attack.name}
-    head = {"cell": cell.id, **cell.labels(), "kind": cell.attack.kind, "threshold": None}
+    head = {
+        "cell": cell.id,
+        **cell.labels(),
+        "kind": cell.attack.kind,
+        "threshold": None,
+        "evaluate_on": cell.sizes.get("evaluate_on", "test"),
+    }
     if cell.zoo is not None:
         head["zoo"] = cell.zoo
     return head
@@ -585,12 +629,9 @@ def execute_cell(cell: Cell, results: str | Path, device_name: str = "auto") -> 
             sets = [trigger_set_from_record(cell.attack.label, read_poison_record(paths["backbone"]))]
         else:
             sets = [trigger_set_from_dict(s) for s in cell.evaluation["trigger_sets"]]
-        sizes = cell.sizes
-        test = load_split(
-            cell.corpus.load_settings(), sizes["split_seed"], sizes["max_train"], sizes["max_eval"]
-        ).test
+        _, measured = heldout_and_measured(cell.corpus.load_settings(), cell.sizes)
         per_policy = evaluate_policies(
-            victim, defense, list(test), sets, seed=cell.seed, control=cell.attack.name == "none"
+            victim, defense, measured, sets, seed=cell.seed, control=cell.attack.name == "none"
         )
         shared = {
             **_summary_fields(entries),
