@@ -217,3 +217,38 @@ def test_the_selection_grids_validate_share_psim_stages_and_fit_their_budget(cap
         assert "measured on: the dev split, its first 0.5 held out" in capsys.readouterr().out
     rap = load_grid(REPO / "bench" / "grids" / "rap_optimizer.json")
     assert {d.params.get("optimizer") for d in rap.defenses if d.name == "rap"} == {"adam", "reference"}
+
+
+def test_rows_measured_on_dev_never_count_for_a_claim():
+    from peftshield.reporting.measured import measure
+    from peftshield.reporting.results import Benchmark, ResultFile, Results
+
+    def row(cell: str, defended_asr: float, **extra) -> dict:
+        return {
+            "cell": cell,
+            "corpus": "movies",
+            "backbone": "minilm",
+            "attack": "badnets",
+            "method": "lora",
+            "defense": "psim",
+            "seed": 0,
+            "threshold": "calibrated@0.02",
+            "cacc": 0.80,
+            "defended_cacc": 0.795,
+            "asr": 0.9,
+            "defended_asr_reject": defended_asr,
+            "chance_cacc": 0.5,
+            **extra,
+        }
+
+    def calibrated_claim(rows: list[dict]) -> str:
+        results = Results(
+            Path("."), [Benchmark("psim", [ResultFile(Path("p.json"), "p.json", "psim", {}, rows, {})])]
+        )
+        return next(m.figure for c, m in measure(results) if c.id == "issue4-calibrated")
+
+    test_row, dev_row = row("a", 0.0), row("b", 0.5, evaluate_on="dev")
+    assert calibrated_claim([test_row]).startswith("calibrated@0.02: 1 of 1 cells meet both")
+    # the dev row (which would fail the target) is left out; a row without the key was on test
+    assert calibrated_claim([test_row, dev_row]) == calibrated_claim([test_row])
+    assert calibrated_claim([dict(test_row, evaluate_on="test"), dev_row]) == calibrated_claim([test_row])

@@ -5,7 +5,8 @@ Each claim id maps to a function of the loaded results that returns our figure a
 ``for comparison`` where the claim has no bound to test, ``not measured`` where no result covers
 it. Failed cells never count as measured, and neither do cells with no backdoor to defend (a victim
 at chance, or one whose ASR is not above the clean control's false-trigger rate:
-:mod:`peftshield.evaluation.validity`, docs/design.md "Valid cells").
+:mod:`peftshield.evaluation.validity`, docs/design.md "Valid cells"), nor rows measured on the dev
+split to make a choice (``evaluate_on: dev``, docs/design.md "Choosing on the dev split").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from peftshield.evaluation.validity import no_backdoor_reasons, valid_rows
 from peftshield.reporting.claims import CLAIMS, Claim
 from peftshield.reporting.document import Section, Table, Text, number
 from peftshield.reporting.results import Results
-from peftshield.reporting.rows import cacc_cost, defended_asr_of, expand_policies, policy_of
+from peftshield.reporting.rows import cacc_cost, defended_asr_of, expand_policies, on_test_split, policy_of
 
 NOT_MEASURED = "not measured"
 
@@ -40,7 +41,11 @@ def _compare(value: float, bound: tuple[str, float]) -> bool:
 
 def _rows(results: Results, kind: str) -> list[dict[str, Any]]:
     # a cell with no backdoor to defend never counts for or against a claim (evaluation.validity)
-    return [row for bench in results.of_kind(kind) for row in valid_rows(expand_policies(bench.ok_rows))]
+    return [
+        row
+        for bench in results.of_kind(kind)
+        for row in valid_rows(on_test_split(expand_policies(bench.ok_rows)))
+    ]
 
 
 def _retention_summary(results: Results) -> dict | None:
@@ -50,7 +55,7 @@ def _retention_summary(results: Results) -> dict | None:
     if bench is None or not bench.ok_rows:
         return None
     try:
-        return retention_summary(bench.rows)
+        return retention_summary(on_test_split(bench.rows))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -251,7 +256,7 @@ def _auroc_race(results: Results, _: Claim) -> Measured:
     # cell by cell within each run: two grids may label different cells alike
     for bench in [*results.of_kind("comparison"), *results.of_kind("grid")]:
         name = bench.name
-        every = [r for r in expand_policies(bench.ok_rows) if r.get("defense") is not None]
+        every = [r for r in on_test_split(expand_policies(bench.ok_rows)) if r.get("defense") is not None]
         if not every:
             continue
         keys = cell_keys(every)

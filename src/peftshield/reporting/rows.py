@@ -69,6 +69,12 @@ def first_number(row: dict[str, Any], *keys: str) -> float | None:
     return None
 
 
+def on_test_split(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows measured on the test split: a row of a dev-split grid (``evaluate_on: dev``) made a
+    choice and never counts as a result (docs/design.md, "Choosing on the dev split")."""
+    return [row for row in rows if row.get("evaluate_on", "test") == "test"]
+
+
 def asr_of(row: dict[str, Any]) -> float | None:
     """The undefended ASR: ``asr`` (PSIM convention), else ``asr_lms`` (LMSanitator convention)."""
     return first_number(row, "asr", "asr_lms")
