@@ -252,3 +252,11 @@ def test_rows_measured_on_dev_never_count_for_a_claim():
     # the dev row (which would fail the target) is left out; a row without the key was on test
     assert calibrated_claim([test_row, dev_row]) == calibrated_claim([test_row])
     assert calibrated_claim([dict(test_row, evaluate_on="test"), dev_row]) == calibrated_claim([test_row])
+
+
+def test_a_scan_only_grid_refuses_a_measured_split(tmp_path, tiny_bert):
+    from peftshield.errors import PeftshieldError
+
+    grid = {"mode": "scan", "backbones": [tiny_bert], "sizes": {"evaluate_on": "dev"}}
+    with pytest.raises(PeftshieldError, match="sizes.evaluate_on: a scan-only grid measures no split"):
+        load_grid(write(tmp_path, grid))

@@ -883,6 +883,8 @@ def _scan_grid(data: dict[str, Any], w: _Where, base: Path, source: str, zoo: st
     name, description, benchmark = _name(data, source, w)
     seeds = _seeds(data, w)
     sizes = _sizes(data, w)
+    if sizes.evaluate_on != "test":
+        raise w.fail("sizes.evaluate_on", "a scan-only grid measures no split of a corpus; leave it out")
     scan_defaults = _scan_defaults(data, w)
     backbones = []
     for where, item in _entries(data["backbones"], "backbones", w):
