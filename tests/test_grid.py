@@ -168,7 +168,7 @@ def test_the_default_grid_exercises_every_stage_within_the_time_budget():
     cells = expand(grid)
     kinds = {c.attack.kind for c in cells}
     assert {"task-specific", "task-agnostic", None} == kinds
-    assert {c.method.name for c in cells} == {"lora", "prefix"}
+    assert {c.method.name for c in cells} == {"lora"}  # prefix and the rest: bench/grids/
     assert {c.defense.name for c in cells} == {"none", "psim", "monitor", "strip"}  # one baseline
     assert all(stages for stages in unique_stages(cells).values())
     assert {c.backbone.label for c in cells} == {"minilm"}

@@ -171,8 +171,9 @@ def run_command(args: argparse.Namespace) -> int:
 def plan_report(grid: Any, results: str | None) -> dict[str, Any]:
     """The plan as data: cells with status, stages with cached flags, and the cost estimate."""
     from peftshield.grid.cache import ArtifactStore
-    from peftshield.grid.estimate import plan_costs
+    from peftshield.grid.estimate import cpu_slowdown, plan_costs
     from peftshield.grid.plan import expand, unique_stages
+    from peftshield.utils.device import resolve_device
     from peftshield.grid.runner import cell_status
 
     cells = expand(grid)
@@ -209,6 +210,8 @@ def plan_report(grid: Any, results: str | None) -> dict[str, Any]:
         },
         "stages": counts,
         "estimate_seconds": round(sum(costs.values()), 1),
+        # this machine's time over the cost model's (measured: grid/estimate.cpu_slowdown)
+        "slowdown": round(cpu_slowdown(resolve_device("auto").type), 2),
         "cells": [
             {
                 "index": i,
@@ -230,6 +233,7 @@ def plan_command(args: argparse.Namespace) -> int:
     """Print the plan of a grid."""
     from peftshield.commands.common import print_json
     from peftshield.grid.config import load_grid
+    from peftshield.grid.estimate import scaled_minutes
 
     report = plan_report(load_grid(args.grid), args.results)
     if args.json:
@@ -261,14 +265,14 @@ def plan_command(args: argparse.Namespace) -> int:
         )
     )
     print(
-        f"  rough time to finish: {report['estimate_seconds'] / 60:.1f} min "
-        "(minilm-calibrated cost model, unloaded 2-core CPU; a shared stage counts for its first cell)"
+        f"  rough time to finish: {scaled_minutes(report['estimate_seconds'], report['slowdown'])}; "
+        "minilm-calibrated cost model, unloaded machine, a shared stage counts for its first cell"
     )
     width = max(len(c["title"]) for c in cells)
     print(f"\n{'#':>3}  {'status':6}  {'cell':{width}}  {'est. s':>6}  stages (* = cached)")
     for c in cells:
         stages = " ".join(f"{s['kind']}:{s['name']}{'*' if s['cached'] else ''}" for s in c["stages"]) or "-"
         print(
-            f"{c['index']:>3}  {c['status']:6}  {c['title']:{width}}  {c['estimate_seconds']:6.0f}  {stages}"
+            f"{c['index']:>3}  {c['status']:6}  {c['title']:{width}}  {c['estimate_seconds'] * report['slowdown']:6.0f}  {stages}"
         )
     return 0

@@ -6,14 +6,16 @@ the report, through the same sub-commands a user would call:
 1. bench run default: on minilm, a task-specific backdoor (BadNets, "cf" -> negative,
    planted by full fine-tuning on poisoned amazon reviews; PSIM's threat model) and a
    task-agnostic one (POR on wiki sentences; LMSanitator's threat model) beside the clean
-   control; LoRA and prefix-tuned victims on clean movies; each victim undefended and behind
+   control; LoRA victims on clean movies (prefix, prompt and P-tuning victims are in the
+   bigger grids of bench/grids/); each victim undefended and behind
    PSIM, the LMSanitator monitor (after a scan of its backbone) and the STRIP baseline, thresholds
    calibrated at 5 % false rejections on clean held-out text. One JSON result per cell; the run
    resumes where it stopped when started again;
 2. report: report.md and a self-contained report.html with the tables, plots and the
    papers' claims beside the measured figures.
 
-The sizes are cut to finish in about 15 minutes on 2 CPU cores; a GPU is used when present.
+The sizes are cut so that the whole demo, set-up included, fits in 15 minutes on 2 slow CPU
+cores; a GPU is used when present.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def stage_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     results, report = str(out / "results"), str(out / "report")
     return [
         (
-            "the default grid: BadNets and POR backdoors, LoRA and prefix victims, PSIM / monitor / STRIP",
+            "the default grid: BadNets and POR backdoors, LoRA victims, PSIM / monitor / STRIP",
             ["bench", "run", "default", "--results", results, "--device", args.device],
         ),
         ("the report (tables, plots, claims vs measured)", ["report", results, "--out", report]),

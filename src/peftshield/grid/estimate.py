@@ -8,6 +8,11 @@ text about 4 ms. Costs scale with the batch size, the token limit and the backbo
 (``layers x hidden^2`` relative to minilm; a tiny test BERT costs almost nothing). Each stage adds
 a few seconds of loading. On a GPU everything is much faster; the ETA of the progress bar uses
 the measured rate, so it corrects itself as cells finish.
+
+2-core CPUs differ several-fold (docs/design.md, "Cost model"): the same default grid took 8 min on
+one machine and about 40 min on another. :func:`cpu_slowdown` measures this CPU's matrix-multiply
+rate once (a quarter of a second) and scales the printed estimate by its ratio to
+:data:`REFERENCE_GFLOPS`; :func:`plan_costs` itself stays machine-independent.
 """
 
 from __future__ import annotations
@@ -32,6 +37,58 @@ SCORE_PASSES = {"psim": 1.0, "monitor": 0.0, "strip": 5.0, "rap": 2.0}
 #: Seconds per text of a detector whose cost does not depend on the backbone: ONION runs SmolLM2
 #: once per word of the text (0.6-0.8 texts/s measured on one thread, defenses/onion.py).
 TEXT_ONLY_SECONDS = {"onion": 1.4}
+
+
+#: Matrix-multiply rate (GFLOP/s, float32, the process's torch threads) of a machine on which the
+#: unit costs above hold; set from the slow 2-core machine of 2026-12-02 (docs/design.md, "Cost model").
+REFERENCE_GFLOPS = 150.0
+PROBE_SECONDS = 0.25
+
+
+def measured_gflops(seconds: float = PROBE_SECONDS) -> float:
+    """Peak float32 matrix-multiply throughput of this CPU in GFLOP/s, probed for about ``seconds``.
+
+    The product is a minilm feed-forward layer over 8 texts of 64 tokens (512 x 384 times
+    384 x 1,536), the kind of product that dominates every stage's cost. The fastest of the
+    repeats is kept, so that other processes sharing the cores slow the probe less than they
+    would a mean: like the unit costs, the figure describes the machine unloaded.
+    """
+    import time
+
+    import torch
+
+    a, b = torch.randn(512, 384), torch.randn(384, 1536)
+    a @ b  # warm-up
+    flops, best, deadline = 2 * 512 * 384 * 1536, float("inf"), time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        a @ b
+        now = time.perf_counter()
+        best = min(best, now - start)
+        if now >= deadline:
+            return flops / best / 1e9 if best > 0 else float("nan")
+
+
+def cpu_slowdown(device: str = "cpu") -> float:
+    """How many times longer than the cost model's unit costs this machine takes (1.0 on a GPU).
+
+    The ratio of :data:`REFERENCE_GFLOPS` to :func:`measured_gflops`; a non-finite or non-positive
+    measurement gives 1.0 (no scaling) rather than a wrong estimate.
+    """
+    if device != "cpu":
+        return 1.0
+    rate = measured_gflops()
+    if not math.isfinite(rate) or rate <= 0:
+        return 1.0
+    return REFERENCE_GFLOPS / rate
+
+
+def scaled_minutes(seconds: float, slowdown: float) -> str:
+    """``"21.3 min"`` and, where the machine differs from the reference, how the figure was scaled."""
+    text = f"{seconds * slowdown / 60:.1f} min"
+    if abs(slowdown - 1.0) >= 0.05:
+        text += f" (this CPU measured {slowdown:.1f}x the reference machine's time)"
+    return text
 
 
 def _rows(size: int | None, cap: int | None, share: float) -> int:

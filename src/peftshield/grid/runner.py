@@ -367,7 +367,7 @@ def run_grid(
     title matches one of them (:func:`select_cells`).
     Every check (executor settings, device, results folder, grid) runs before anything is written.
     """
-    from peftshield.grid.estimate import plan_costs
+    from peftshield.grid.estimate import cpu_slowdown, plan_costs, scaled_minutes
     from peftshield.grid.plan import unique_stages
     from peftshield.utils.device import DEVICE_CHOICES, resolve_device
     from peftshield.utils.io import write_json
@@ -375,8 +375,10 @@ def run_grid(
 
     executor = executor or LocalExecutor(jobs=jobs)
     executor.check()
+    slowdown = 1.0  # a cluster's speed is not measured from the driver
     if executor.name == "local":
-        resolve_device(device)  # a bad or unavailable device fails now, not in every cell
+        # a bad or unavailable device fails now, not in every cell
+        slowdown = cpu_slowdown(resolve_device(device).type)
     elif device not in DEVICE_CHOICES and not device.startswith("cuda:"):
         resolve_device(device)  # a bad name; whether a GPU exists is the cluster's answer
     cells = expand(grid)
@@ -413,7 +415,8 @@ def run_grid(
         header = (
             f"grid {grid.name}: {len(cells)} cells, {len(done)} done, {len(todo)} to run"
             + (f" ({retried} failed before, retried)" if retried else "")
-            + f"; rough estimate {sum(costs.values()) / 60:.1f} min; {executor.describe()}; results {results}"
+            + f"; rough estimate {scaled_minutes(sum(costs.values()), slowdown)}; {executor.describe()}"
+            + f"; results {results}"
         )
         print(header, flush=True)
         _run_log(results, header)
