@@ -33,7 +33,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 
 bench-tuning: data
-	$(PY) bench/bench_tuning.py
+	$(PY) -m peftshield bench run bench/grids/tuning.json --results bench/work/tuning
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -6,6 +6,10 @@ minilm (its mean-pooled linear head), smollm2 with a last-token linear head, smo
 (template ``Review: {text}\\nSentiment:``, verbalizer `` negative`` / `` positive``). The ratio
 smollm2 / minilm sizes the decoder grid (``bench/grids/decoder.json``; bench/README.md).
 
+A micro-benchmark, not an experiment, so it stays outside the grid (issue 16): it times single
+optimiser steps on one fixed batch, below the grid's smallest unit (a whole tuned victim), and
+measures no accuracy, attack or defence.
+
 Run: ``python bench/bench_decoder_step.py`` (results in ``bench/results/decoder_step.json``).
 """
 

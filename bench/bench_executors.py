@@ -7,6 +7,9 @@ them and checks that the rows agree. ``--grid small`` is a 12-cell grid on a tin
 (cells of a second or two: the worst case for a per-cell overhead); ``--grid default`` the
 shipped default grid (``peftshield bench plan default``). Run with OMP_NUM_THREADS=1.
 
+It measures the grid runner itself, so it cannot be a grid config (issue 16): it is a thin timing
+wrapper around two ``run_grid`` calls, with no stage or cache of its own.
+
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_executors.py --grid small
 """
 

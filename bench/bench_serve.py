@@ -7,6 +7,10 @@ requests of 1 and 16 texts, a fixed request count and a time cap; in the same ru
 ``Guard.predict`` throughput and the undefended victim served. Fault rows: malformed and oversize
 requests mixed into the load, clients that disconnect mid-request, kill -9 under load and a restart.
 
+A load test of the HTTP service, not an experiment, so it stays outside the grid (issue 16): the
+grid measures defences on result rows, while this measures latency, throughput and faults of a
+running server, which no grid stage has.
+
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python bench/bench_serve.py [--build-only] [--fresh]
 """
 

@@ -56,6 +56,8 @@ VOLATILE_KEYS = (
     "inference_seconds",
     "poison_seconds",
     "tune_seconds",
+    "seconds_per_epoch",
+    "seconds_per_step",
     "scan_seconds",
     "fit_seconds",
     "stages",

@@ -24,6 +24,7 @@ run computes exactly what an uninterrupted one does.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -136,6 +137,28 @@ def build_poison(stage: Stage, device: Any, out: Path) -> dict[str, Any]:
     }
 
 
+def loop_figures(history: list[dict[str, Any]], n_train: int, batch_size: int) -> dict[str, Any]:
+    """The training loop's cost from a trainer's ``history``: epochs, optimiser steps, and the seconds
+    of the training steps (``epoch_seconds``: dev evaluation excluded) in all, per epoch and per step.
+
+    The tuning benchmark's figures (``bench/grids/tuning.json``): both trainers time their epochs
+    alike, so ``seconds_per_step`` of a ``lora`` and a ``peft-lora`` victim compares peftshield's
+    loop with a plain transformers + peft loop on the same batches.
+    """
+    epochs = len(history)
+    if not epochs or not all("epoch_seconds" in h for h in history):
+        return {}
+    steps = math.ceil(n_train / batch_size) * epochs
+    loop = sum(float(h["epoch_seconds"]) for h in history)
+    return {
+        "epochs": epochs,
+        "optimizer_steps": steps,
+        "loop_seconds": round(loop, 3),
+        "seconds_per_epoch": round(loop / epochs, 6),
+        "seconds_per_step": round(loop / steps, 6),
+    }
+
+
 def build_victim(stage: Stage, backbone: str, device: Any, out: Path) -> dict[str, Any]:
     """Tune the victim on the (poisoned) ``backbone`` into ``out``; return its training figures."""
     from peftshield.tuning.config import config_from_dict
@@ -153,7 +176,8 @@ def build_victim(stage: Stage, backbone: str, device: Any, out: Path) -> dict[st
 
         location = resolve_backbone(backbone)[0]
         info = train_plain_peft(location, splits.train, splits.dev, config, out, seed=seed, device=device)
-        return {**info, "head": "fresh"}
+        loop = loop_figures(info["history"], len(splits.train), config.batch_size)
+        return {**info, **loop, "head": "fresh"}
     result = tune(
         backbone, splits.train, splits.dev, config, seed=seed, device=device, head=head, progress=False
     )
@@ -170,6 +194,7 @@ def build_victim(stage: Stage, backbone: str, device: Any, out: Path) -> dict[st
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,
         "n_train": len(splits.train),
+        **loop_figures(result.history, len(splits.train), config.batch_size),
         "head": head,
     }
 
@@ -429,6 +454,17 @@ def _summary_fields(entries: dict[str, Any]) -> dict[str, Any]:
         out["dev_accuracy"] = victim.get("dev_accuracy")
         out["tune_seconds"] = victim.get("seconds")
         out["trainable_params"] = victim.get("trainable_params")
+        # the tuning benchmark's figures (loop_figures); absent from victims built before them
+        for key in (
+            "total_params",
+            "n_train",
+            "epochs",
+            "optimizer_steps",
+            "seconds_per_epoch",
+            "seconds_per_step",
+        ):
+            if key in victim:
+                out[key] = victim[key]
     if scan:
         out["scan_verdict"], out["n_pvs"] = scan.get("verdict"), scan.get("n_pvs")
         if "vectors" in scan:

@@ -126,6 +126,7 @@ def train_plain_peft(
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
         losses = []
+        epoch_start = time.perf_counter()
         for first in range(0, len(order), config.batch_size):
             part = [train[i] for i in order[first : first + config.batch_size]]
             enc = tokenizer(
@@ -147,7 +148,12 @@ def train_plain_peft(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            # the training steps alone, as tune's history times them (dev evaluation excluded)
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
         if dev:
             record["dev_accuracy"] = _accuracy(
                 model, tokenizer, dev, config.max_length, config.eval_batch_size

@@ -3,7 +3,8 @@
 The loop is deliberately plain (AdamW, linear schedule with warm-up, gradient clipping, dev-set
 checkpoint selection), as in the PSIM reference code's victim training (confidence.py: AdamW,
 6 % warm-up, best-dev checkpoint), so that its throughput stays within a few percent of a
-hand-written torch + peft loop (``bench/bench_tuning.py`` measures the ratio).
+hand-written torch + peft loop (``bench/grids/tuning.json`` measures the seconds per step of
+``lora`` beside ``peft-lora``, :mod:`peftshield.tuning.plain_peft`).
 
 Artifacts:
 
