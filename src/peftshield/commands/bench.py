@@ -173,8 +173,8 @@ def plan_report(grid: Any, results: str | None) -> dict[str, Any]:
     from peftshield.grid.cache import ArtifactStore
     from peftshield.grid.estimate import cpu_slowdown, plan_costs
     from peftshield.grid.plan import expand, unique_stages
-    from peftshield.utils.device import resolve_device
     from peftshield.grid.runner import cell_status
+    from peftshield.utils.device import resolve_device
 
     cells = expand(grid)
     folder = Path(results) if results else None
@@ -272,7 +272,6 @@ def plan_command(args: argparse.Namespace) -> int:
     print(f"\n{'#':>3}  {'status':6}  {'cell':{width}}  {'est. s':>6}  stages (* = cached)")
     for c in cells:
         stages = " ".join(f"{s['kind']}:{s['name']}{'*' if s['cached'] else ''}" for s in c["stages"]) or "-"
-        print(
-            f"{c['index']:>3}  {c['status']:6}  {c['title']:{width}}  {c['estimate_seconds'] * report['slowdown']:6.0f}  {stages}"
-        )
+        seconds = c["estimate_seconds"] * report["slowdown"]
+        print(f"{c['index']:>3}  {c['status']:6}  {c['title']:{width}}  {seconds:6.0f}  {stages}")
     return 0
