@@ -111,6 +111,9 @@ def test_demo_stages_parse_into_the_commands_they_name(tmp_path):
     assert [p.command for p in parsed] == ["bench", "report"]
     assert parsed[0].func.__module__ == bench.__name__ and parsed[1].func.__module__ == report.__name__
     assert parsed[0].results == str(tmp_path / "demo" / "results")
+    assert parsed[0].jobs == demo.default_jobs("cpu")  # two one-thread workers on a 2-core CPU
+    pinned = argparse.Namespace(out=str(tmp_path / "demo"), device="cpu", jobs=1)
+    assert parser.parse_args(demo.stage_commands(pinned)[0][1]).jobs == 1
 
 
 def _command_paths() -> list[list[str]]:

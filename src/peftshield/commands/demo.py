@@ -38,17 +38,36 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     add_device_arg(parser)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="cells run at once (default: 2 on a CPU with 2 or more cores, one torch thread each, "
+        "which finishes sooner than one job on 2 threads; 1 on a GPU)",
+    )
     parser.set_defaults(func=run)
+
+
+def default_jobs(device: str) -> int:
+    """Parallel cells for the demo: two one-thread workers on a multi-core CPU, one job on a GPU."""
+    import os
+
+    from peftshield.utils.device import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return 1
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 def stage_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """The command lines of the two stages, in order."""
     out = Path(args.out)
     results, report = str(out / "results"), str(out / "report")
+    jobs = args.jobs if getattr(args, "jobs", None) is not None else default_jobs(args.device)
     return [
         (
             "the default grid: BadNets and POR backdoors, LoRA victims, PSIM / monitor / STRIP",
-            ["bench", "run", "default", "--results", results, "--device", args.device],
+            ["bench", "run", "default", "--results", results, "--device", args.device, "--jobs", str(jobs)],
         ),
         ("the report (tables, plots, claims vs measured)", ["report", results, "--out", report]),
     ]

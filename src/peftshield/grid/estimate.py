@@ -39,34 +39,38 @@ SCORE_PASSES = {"psim": 1.0, "monitor": 0.0, "strip": 5.0, "rap": 2.0}
 TEXT_ONLY_SECONDS = {"onion": 1.4}
 
 
-#: Matrix-multiply rate (GFLOP/s, float32, the process's torch threads) of a machine on which the
+#: Matrix-multiply rate (GFLOP/s, float32, one core: :func:`measured_gflops`) of a machine on which the
 #: unit costs above hold; set from the slow 2-core machine of 2026-12-02 (docs/design.md, "Cost model").
-REFERENCE_GFLOPS = 150.0
+REFERENCE_GFLOPS = 92.0
 PROBE_SECONDS = 0.25
 
 
 def measured_gflops(seconds: float = PROBE_SECONDS) -> float:
-    """Peak float32 matrix-multiply throughput of this CPU in GFLOP/s, probed for about ``seconds``.
+    """Float32 matrix-multiply throughput of one core of this CPU in GFLOP/s, probed for about ``seconds``.
 
     The product is a minilm feed-forward layer over 8 texts of 64 tokens (512 x 384 times
-    384 x 1,536), the kind of product that dominates every stage's cost. The fastest of the
-    repeats is kept, so that other processes sharing the cores slow the probe less than they
-    would a mean: like the unit costs, the figure describes the machine unloaded.
+    384 x 1,536), the kind of product that dominates every stage's cost. It runs on one torch
+    thread and is timed in process CPU time, so other processes sharing the cores do not slow the
+    figure (like the unit costs, it describes the machine unloaded); the fastest repeat is kept.
     """
     import time
 
     import torch
 
-    a, b = torch.randn(512, 384), torch.randn(384, 1536)
-    a @ b  # warm-up
-    flops, best, deadline = 2 * 512 * 384 * 1536, float("inf"), time.perf_counter() + seconds
-    while True:
-        start = time.perf_counter()
-        a @ b
-        now = time.perf_counter()
-        best = min(best, now - start)
-        if now >= deadline:
-            return flops / best / 1e9 if best > 0 else float("nan")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(512, 384), torch.randn(384, 1536)
+        a @ b  # warm-up
+        flops, best, deadline = 2 * 512 * 384 * 1536, float("inf"), time.perf_counter() + seconds
+        while True:
+            start = time.process_time()
+            a @ b
+            best = min(best, time.process_time() - start)
+            if time.perf_counter() >= deadline:
+                return flops / best / 1e9 if best > 0 else float("nan")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def cpu_slowdown(device: str = "cpu") -> float:
