@@ -319,6 +319,16 @@ def test_pooling_narrows_the_scan_and_pvs_are_saved_per_vector(
     assert torch.equal(load_pvs(folder).pvs, cls_pvs.pvs)
     with pytest.raises(PeftshieldError, match="no PVs of the mean vector"):
         load_pvs(folder, pooling="mean")
+    # A monitor watches the vector its victim's head reads, so it takes that vector's PVs (a
+    # plain-peft BERT head reads the pooler), not the scan's primary ones.
+    from peftshield.defenses.lmsanitator.monitor import PVMonitor
+
+    hidden = cls_pvs.pvs.shape[1]
+    pooler_pvs = load_pvs(folder, pooling="pooler").pvs
+    watched, _, _ = PVMonitor(victim=None, pvs=str(folder))._load_pvs(hidden, "pooler")
+    assert torch.equal(watched, pooler_pvs) and not torch.equal(watched, cls_pvs.pvs)
+    with pytest.raises(PeftshieldError, match="no PVs of the mean vector"):
+        PVMonitor(victim=None, pvs=str(folder))._load_pvs(hidden, "mean")
     with pytest.raises(SystemExit) as usage, contextlib.redirect_stderr(io.StringIO()):
         main(scan_cmd(cls_backdoored, texts_csv, thresholds_file, "--pooling", "sum"))
     assert usage.value.code == 2

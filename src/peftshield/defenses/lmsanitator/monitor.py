@@ -156,8 +156,9 @@ class PVMonitor(Detector):
             raise PeftshieldError(
                 f"pvs must be a scan folder, a PV file or a tensor, got {type(self.pvs).__name__}"
             )
-        found = load_pvs(self.pvs, hidden_size=hidden)
-        mined_on = found.scan.get("pooling")
+        # a scan of several vectors holds PVs per vector: take those of the vector the head reads
+        found = load_pvs(self.pvs, hidden_size=hidden, pooling=pooling)
+        mined_on = found.pooling
         if pooling and isinstance(mined_on, str) and mined_on != pooling:
             raise PeftshieldError(
                 f"the PVs in {found.source} were mined on the {mined_on!r} vector but the victim's head "
