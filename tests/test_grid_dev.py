@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_grid import FAST_BADNETS, FAST_LORA, FAST_PSIM  # the grid tests' fast recipes
 
 from peftshield.cli import main
 from peftshield.grid.cache import StageLog
@@ -28,16 +29,6 @@ from peftshield.grid.stages import heldout_and_measured, load_split
 from peftshield.models.tiny import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_BADNETS = {
-    "epochs": 2,
-    "lr": 3e-3,
-    "head_lr": 3e-2,
-    "batch_size": 16,
-    "max_length": 32,
-    "poison_rate": 0.3,
-}
-FAST_LORA = {"lr": 3e-2, "head_lr": 3e-2, "batch_size": 16, "epochs": 2, "max_length": 32}
-FAST_PSIM = {"config": {"batch_size": 8, "max_length": 32}}
 N_DEV = 60  # 600 examples: dev 10 % = 60, test 20 % = 120 (capped at max_eval 60)
 
 
