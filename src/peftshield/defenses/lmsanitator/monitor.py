@@ -157,13 +157,8 @@ class PVMonitor(Detector):
                 f"pvs must be a scan folder, a PV file or a tensor, got {type(self.pvs).__name__}"
             )
         # a scan of several vectors holds PVs per vector: take those of the vector the head reads
+        # (load_pvs refuses, in one line, a scan that did not mine that vector)
         found = load_pvs(self.pvs, hidden_size=hidden, pooling=pooling)
-        mined_on = found.pooling
-        if pooling and isinstance(mined_on, str) and mined_on != pooling:
-            raise PeftshieldError(
-                f"the PVs in {found.source} were mined on the {mined_on!r} vector but the victim's head "
-                f"reads {pooling!r}; scan its base with --pooling {pooling}"
-            )
         if found.scan.get("stop_at_first") and found.scan.get("verdict") == "backdoored":
             # Measured on a POR minilm with six triggers: a first-PV scan covers one trigger, so
             # the other five pass the monitor (defended ASR 1.0); a --all scan covered all six.
