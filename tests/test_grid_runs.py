@@ -97,6 +97,8 @@ def test_rows_hold_no_machine_paths(tmp_path, tiny_bert, toy_csv):
     for folder in (Path(tiny_bert).parent, Path(toy_csv).parent, results, Path.home()):
         assert str(folder) not in text
     assert data["rows"][0]["config"]["corpus"] == "toy.csv" and data["meta"]["grid_file"] == "grid.json"
+    # the recorded command names the results folder by a placeholder, not this machine's path
+    assert str(results) not in data["meta"]["command"] and "--results <results>" in data["meta"]["command"]
 
 
 def test_summary_by_defense_leaves_inactive_cells_out():

@@ -42,7 +42,7 @@ from peftshield.grid.config import GridSpec
 from peftshield.grid.evaluate import DEFENDED_ASR_REJECT as DEFENDED_ASR
 from peftshield.grid.executors import Executor, LocalExecutor
 from peftshield.grid.plan import Cell, expand
-from peftshield.grid.stages import policy_rows, portable_ref, read_row
+from peftshield.grid.stages import policy_rows, portable_ref, read_row, scrub_paths
 
 GRID_FILE = "grid.json"
 #: grid.json is rewritten at most this often during a run (and always at its end).
@@ -246,7 +246,9 @@ def write_grid_file(
 ) -> list[dict[str, Any]]:
     """Write ``grid.json`` (ResultFile shape) with the rows of the current plan, in plan order.
 
-    ``rows_by_id`` holds the rows known in memory; without it the cell files are read.
+    ``rows_by_id`` holds the rows known in memory; without it the cell files are read. The
+    recorded command has this machine's folders replaced by placeholders (``<results>``, ``~``),
+    so that a committed result file names no path of the machine that ran it.
     """
     from peftshield.utils.io import write_json
     from peftshield.utils.runinfo import run_metadata
@@ -258,7 +260,7 @@ def write_grid_file(
     for row in rows:  # cell files written before the option were all measured on the test split
         if row.get("mode") != "scan":
             row.setdefault("evaluate_on", "test")
-    meta = run_metadata(command)
+    meta = run_metadata(None if command is None else scrub_paths(command, results))
     meta.update(
         {
             "grid": grid.name,
