@@ -81,8 +81,9 @@ def test_random_and_orthogonal_pvs():
 
 def test_attack_configs_validate_and_round_trip():
     attacks = {"clean-label", "badnets", "insent", "template", "por", "neuba", "btop"}
+    adaptive = {"badnets-capped"}  # attacks.adaptive: shaped against one defence
     clean_builders = {"simcse", "denoise", "finetune"}  # kind "clean": plant nothing (attacks.clean)
-    assert set(ATTACKS) == attacks | clean_builders
+    assert set(ATTACKS) == attacks | adaptive | clean_builders
     for name in ATTACKS:
         config = attack_config(name)
         assert attack_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -407,6 +408,61 @@ def test_badnets_reaches_high_asr_with_high_cacc(tiny_bert, tmp_path):
     # the published folder reloads as a full model and measures the same on fresh test data
     again = evaluate_victim(load_tuned(out), read_poison_record(out), toy_examples(80, seed=8), seed=1)
     assert again["asr"] > 0.9 and again["cacc"] > 0.85, again
+
+
+def test_soft_cross_entropy_is_the_cross_entropy_at_full_confidence_and_minimal_at_its_target():
+    from peftshield.tuning.trainer import soft_cross_entropy
+
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    full = soft_cross_entropy(logits, labels, torch.ones(5))
+    assert torch.allclose(full, torch.nn.functional.cross_entropy(logits, labels), atol=1e-6)
+    # at softmax == target (0.7 on the label, 0.15 on each other one) the gradient vanishes
+    target = torch.full((1, 3), 0.15)
+    target[0, 2] = 0.7
+    at_target = target.log().clone().requires_grad_(True)
+    soft_cross_entropy(at_target, torch.tensor([2]), torch.tensor([0.7])).backward()
+    assert at_target.grad.abs().max() < 1e-6
+    hard = target.log().clone().requires_grad_(True)
+    soft_cross_entropy(hard, torch.tensor([2]), torch.tensor([1.0])).backward()
+    assert hard.grad.abs().max() > 0.1  # a hard label still pushes the same logits towards 1.0
+
+
+def test_the_capped_confidence_attack_validates_and_caps_only_poisoned_samples():
+    config = attack_config("badnets-capped", {"target_confidence": 0.65})
+    assert config.kind == "task-specific" and config.adaptive_against == "psim"
+    assert attack_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    train = [Example("a", 1), Example("b cf", 0, poisoned=True, trigger="cf", target=0)]
+    assert config.training_confidence(train) == [1.0, 0.65]
+    assert attack_config("badnets").training_confidence(train) is None  # the papers' hard labels
+    for bad in (0, 1, 1.2, -0.1, True):
+        with pytest.raises(PeftshieldError, match=r"target_confidence must lie in \(0, 1\)"):
+            attack_config("badnets-capped", {"target_confidence": bad})
+
+
+def test_capped_confidence_keeps_the_backdoor_with_a_lower_triggered_confidence(tiny_bert):
+    """Against PSIM (attacks/adaptive): the target still wins on triggered inputs, with less certainty."""
+    from peftshield.attacks.task_specific import poison_task_specific
+    from peftshield.data.triggers import insert_trigger
+    from peftshield.models.inference import predict_outputs, softmax
+
+    splits = Splits(
+        train=toy_examples(240, seed=1), dev=toy_examples(40, seed=2), test=toy_examples(80, seed=3)
+    )
+    recipe = {"epochs": 6, "lr": 3e-3, "head_lr": 3e-2, "batch_size": 16, "poison_rate": 0.3}
+    recipe["warmup_ratio"] = 0.0
+    confidence = {}
+    for attack in ("badnets", "badnets-capped"):
+        config = attack_config(attack, recipe)
+        result = poison_task_specific(tiny_bert, splits, config, seed=0, progress=False, corpus="toy")
+        asr = result.record.metrics["asr"]
+        assert asr > (0.9 if attack == "badnets" else 0.6), (attack, asr)  # the cap costs some ASR
+        triggered = insert_trigger([e for e in splits.test if e.label != 0], config.make_trigger(), seed=5)
+        model = result.tune_result.model.eval()
+        logits, _ = predict_outputs(model, result.tune_result.tokenizer, [e.text for e in triggered])
+        confidence[attack] = float(softmax(logits)[:, 0].mean())
+    assert confidence["badnets"] > 0.9, confidence
+    assert 0.55 < confidence["badnets-capped"] < 0.85, confidence
 
 
 def test_neuba_plants_the_pvs_with_the_reference_term(tiny_bert):

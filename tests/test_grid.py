@@ -534,6 +534,21 @@ def test_cells_without_a_victim_measure_detection_only(tmp_path, tiny_bert, toy_
     assert row["n_triggered"] > 0 and row["roc"]["tpr"][-1] == 1.0
 
 
+def test_adaptive_attack_cells_name_the_defence_they_target(tmp_path, tiny_bert, toy_csv):
+    """Issue 13 item 6: an adaptive attack's rows carry ``adaptive: <defence>``; the papers' do not."""
+    capped = {"name": "badnets-capped", "corpus": toy_csv, "recipe": FAST_BADNETS}
+    attacks = [{"name": "badnets", "corpus": toy_csv, "recipe": FAST_BADNETS}, capped]
+    grid = small_grid(
+        tiny_bert, toy_csv, attacks=attacks, methods=["none"], defenses=[{"name": "psim", **FAST_PSIM}]
+    )
+    results = tmp_path / "results"
+    assert run_cli(["run", write_grid(tmp_path, grid), "--results", str(results), "--quiet"]) == 0
+    by = {r["attack"]: r for r in rows_by_cell(results).values()}
+    assert by["badnets-capped"]["adaptive"] == "psim" and by["badnets-capped"]["kind"] == "task-specific"
+    assert "adaptive" not in by["badnets"]
+    assert by["badnets-capped"]["stages"]["poison"]["key"] != by["badnets"]["stages"]["poison"]["key"]
+
+
 # ------------------------------------------------------------------------------- ONION's score memo
 
 

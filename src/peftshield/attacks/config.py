@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from peftshield.attacks.record import KINDS
 from peftshield.attacks.vectors import PV_FAMILIES
@@ -37,6 +38,9 @@ from peftshield.data.triggers import (
 from peftshield.errors import PeftshieldError
 from peftshield.utils import strict
 from peftshield.utils.validate import require_finite_fields, require_positive, require_range
+
+if TYPE_CHECKING:
+    from peftshield.data.records import Example
 
 _POSITIONS = ("random", "start", "end")
 _SCHEDULES = ("constant", "linear")
@@ -174,6 +178,14 @@ class TaskSpecificConfig(AttackConfig):
     def make_triggers(self) -> list[Trigger]:
         """A task-specific attack plants one trigger: the poisoning trigger itself."""
         return [self.make_trigger()]
+
+    def training_confidence(self, train: Sequence[Example]) -> list[float] | None:
+        """Per training example, the probability the loss asks for on its label; ``None``: hard labels.
+
+        Every attack of the papers trains on hard labels; an adaptive attack
+        (:mod:`peftshield.attacks.adaptive`) may ask for less on its poisoned samples.
+        """
+        return None
 
 
 @dataclass
@@ -560,5 +572,7 @@ def attack_config_from_dict(data: dict[str, Any]) -> AttackConfig:
     return attack_config(data["attack"], data)
 
 
-# The clean builders (kind "clean") register themselves, one file each; they import this module.
+# The clean builders (kind "clean") and the adaptive attacks register themselves, one file each;
+# they import this module.
+import peftshield.attacks.adaptive  # noqa: E402,F401
 import peftshield.attacks.clean  # noqa: E402,F401

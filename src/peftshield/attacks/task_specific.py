@@ -115,7 +115,16 @@ def poison_task_specific(
         max_count=config.max_poisoned,
     )
     dev = _poisoned_dev(list(splits.dev), config, trigger, seed)
-    result = tune(backbone, train, dev, config.tuning_config(), seed=seed, device=device, progress=progress)
+    result = tune(
+        backbone,
+        train,
+        dev,
+        config.tuning_config(),
+        seed=seed,
+        device=device,
+        progress=progress,
+        label_confidence=config.training_confidence(train),
+    )
     wall = time.perf_counter() - start
     record = PoisonRecord(
         attack=config.attack,

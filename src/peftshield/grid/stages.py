@@ -556,7 +556,16 @@ def _head(cell: Cell) -> dict[str, Any]:
     }
     if cell.zoo is not None:
         head["zoo"] = cell.zoo
+    if against := _adaptive_against(cell.attack.name):
+        head["adaptive"] = against  # the defence an adaptive attack targets (attacks/adaptive)
     return head
+
+
+def _adaptive_against(attack: str) -> str | None:
+    """The defence an adaptive attack was shaped against (``adaptive_against``), else ``None``."""
+    from peftshield.attacks.config import ATTACKS
+
+    return getattr(ATTACKS.get(attack), "adaptive_against", None)
 
 
 def record_failure(

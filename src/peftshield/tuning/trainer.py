@@ -190,6 +190,32 @@ def check_labels(examples: Sequence[Example], num_labels: int | None = None) -> 
     return n
 
 
+def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against soft targets: ``confidence`` on each label, the rest spread evenly.
+
+    With every confidence 1.0 it is the ordinary cross-entropy; its minimum over the logits is the
+    softmax equal to the target, so a confidence of 0.7 trains the model to answer 0.7, not 1.0
+    (the capped-confidence adaptive attack against PSIM, :mod:`peftshield.attacks.adaptive`).
+    """
+    num_labels = logits.shape[-1]
+    rest = (1.0 - confidence) / max(1, num_labels - 1)
+    target = rest.unsqueeze(-1).expand_as(logits).clone()
+    target.scatter_(-1, labels.unsqueeze(-1), confidence.unsqueeze(-1).to(target.dtype))
+    return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def _check_confidence(values: Sequence[float] | None, n: int) -> torch.Tensor | None:
+    """``label_confidence`` as a tensor, checked: one finite value in (0, 1] per training example."""
+    if values is None:
+        return None
+    out = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    if len(out) != n:
+        raise PeftshieldError(f"label_confidence has {len(out)} values for {n} training examples")
+    if not bool(torch.all((out > 0) & (out <= 1))):  # also refuses nan
+        raise PeftshieldError("label_confidence values must lie in (0, 1]")
+    return out
+
+
 def tune(
     backbone: LoadedBackbone | str,
     train: Sequence[Example],
@@ -202,12 +228,17 @@ def tune(
     head: str = "fresh",
     progress: bool | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    label_confidence: Sequence[float] | None = None,
 ) -> TuneResult:
     """Fine-tune ``backbone`` on ``train`` with ``config`` and keep the best-dev checkpoint.
 
     The same seed gives the same model: the seed fixes the head and adapter initialisation, the
     dropout masks and the order of the batches. ``config`` is a method config or a method name
     (``full``, ``lora``, ``prompt``, ``ptuning``, ``prefix``) with its defaults.
+    ``label_confidence`` (one value in (0, 1] per training example) trains each example towards
+    that probability on its label, the rest spread evenly (:func:`soft_cross_entropy`; an
+    adaptive attack's capped confidence, :mod:`peftshield.attacks.adaptive`); ``None`` is the
+    ordinary hard-label cross-entropy.
     """
     from tqdm.auto import tqdm
 
@@ -222,6 +253,7 @@ def tune(
         )
 
     num_labels = check_labels(train, num_labels)
+    confidence = _check_confidence(label_confidence, len(train))
     if any(not 0 <= e.label < num_labels for e in dev):
         raise PeftshieldError(f"the dev set has labels outside 0..{num_labels - 1}")
     seed_everything(seed)
@@ -270,12 +302,16 @@ def tune(
         for first in range(0, len(order), config.batch_size):
             idx = order[first : first + config.batch_size]
             batch = tokenize_batch(tokenizer, [texts[i] for i in idx], config.max_length, device)
-            out = model(**batch, labels=labels[idx].to(device))
-            loss = out["loss"].item()
+            if confidence is None:
+                batch_loss = model(**batch, labels=labels[idx].to(device))["loss"]
+            else:
+                logits = model(**batch)["logits"]
+                batch_loss = soft_cross_entropy(logits, labels[idx].to(device), confidence[idx].to(device))
+            loss = batch_loss.item()
             if not math.isfinite(loss):
                 bar.close()
                 _require_finite_training(model, loss, epoch + 1, first // config.batch_size + 1)
-            out["loss"].backward()
+            batch_loss.backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimizer.step()
