@@ -569,3 +569,39 @@ def test_two_grid_runs_are_reported_apart_even_with_alike_cells(tmp_path):
     comparison = md.split("## Grid run `comparison` (every cell)")[1].split("\n## ")[0]
     assert "0.611" in default and "0.922" not in default
     assert "0.922" in comparison and "0.611" not in comparison
+
+
+def test_the_adaptive_section_says_where_an_adaptive_attack_gets_through(tmp_path):
+    """Issue 13 item 6: each adaptive cell beside its plain attack; evasion said plainly."""
+    cell = {"backbone": "minilm", "corpus": "movies", "seed": 0, "method": "lora", "num_labels": 2}
+    control = {**cell, "attack": "none", "defense": "none", "cacc": 0.8}
+    control["by_attack"] = {"badnets": {"asr": 0.1}, "badnets-capped": {"asr": 0.1}}
+    rows = [control]
+    for attack, extra, defended, cacc in (
+        ("badnets", {}, 0.02, 0.8),
+        ("badnets-capped", {"adaptive": "psim"}, 0.6, 0.8),
+    ):
+        base = {**cell, "attack": attack, "kind": "task-specific", "cacc": cacc, "asr": 0.95, **extra}
+        rows.append({**base, "defense": "none", "defended_asr_reject": 0.95})
+        psim = {"defense": "psim", "threshold": "calibrated@0.02", "auroc": 0.9, "frr": 0.02}
+        rows.append({**base, **psim, "defended_asr_reject": defended, "defended_cacc": cacc - 0.01})
+    data = {"benchmark": "adaptive", "meta": META, "rows": rows, "summary": {}}
+    (tmp_path / "adaptive.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path), "--out", str(out), "--quiet"]) == 0
+    md = (out / "report.md").read_text(encoding="utf-8")
+    section = md.split("## Adaptive attacks (each shaped against one defence)")[1]
+    assert "badnets-capped / lora at calibrated@0.02 (against psim): ASR 0.950 -> 0.600" in section
+    assert (
+        "plain badnets: 0.950 -> 0.020" in section and "gets through where the plain one did not" in section
+    )
+
+    # the same adaptive victim at chance has no backdoor to defend: no evasion claimed
+    for row in rows:
+        if row["attack"] == "badnets-capped":
+            row["cacc"] = 0.52
+    (tmp_path / "adaptive.json").write_text(json.dumps({**data, "rows": rows}))
+    assert main(["report", str(tmp_path), "--out", str(out), "--quiet"]) == 0
+    section = (out / "report.md").read_text(encoding="utf-8").split("## Adaptive attacks (each shaped")[1]
+    assert "no backdoor to defend (victim at chance" in section
+    assert "gets through where the plain one did not" not in section

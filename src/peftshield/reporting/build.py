@@ -22,6 +22,7 @@ REPORT_FILES = ("report.md", "report.html")
 
 
 def _builders() -> dict[str, Callable[[Benchmark], Section]]:
+    from peftshield.reporting.adaptive import adaptive_section
     from peftshield.reporting.comparison import comparison_section
     from peftshield.reporting.lmsanitator import lmsanitator_section
     from peftshield.reporting.psim import psim_section
@@ -34,6 +35,7 @@ def _builders() -> dict[str, Callable[[Benchmark], Section]]:
         "psim": psim_section,
         "lmsanitator": lmsanitator_section,
         "comparison": comparison_section,
+        "adaptive": adaptive_section,
         "grid": lambda bench: comparison_section(bench, f"Grid run {_grid_title(bench.name)}(every cell)"),
     }
 
