@@ -81,7 +81,7 @@ def test_random_and_orthogonal_pvs():
 
 def test_attack_configs_validate_and_round_trip():
     attacks = {"clean-label", "badnets", "insent", "template", "por", "neuba", "btop"}
-    adaptive = {"badnets-capped"}  # attacks.adaptive: shaped against one defence
+    adaptive = {"badnets-capped", "por-clean-pv"}  # attacks.adaptive: shaped against one defence
     clean_builders = {"simcse", "denoise", "finetune"}  # kind "clean": plant nothing (attacks.clean)
     assert set(ATTACKS) == attacks | adaptive | clean_builders
     for name in ATTACKS:
@@ -463,6 +463,42 @@ def test_capped_confidence_keeps_the_backdoor_with_a_lower_triggered_confidence(
         confidence[attack] = float(softmax(logits)[:, 0].mean())
     assert confidence["badnets"] > 0.9, confidence
     assert 0.55 < confidence["badnets-capped"] < 0.85, confidence
+
+
+def test_clean_output_vectors_draw_distinct_seeded_rows():
+    from peftshield.attacks.vectors import clean_output_vectors
+
+    outputs = torch.arange(40, dtype=torch.float32).reshape(10, 4)
+    pvs = clean_output_vectors(outputs, 3, seed=1)
+    assert pvs.shape == (3, 4) and len({tuple(r.tolist()) for r in pvs}) == 3
+    assert all(any(torch.equal(r, o) for o in outputs) for r in pvs)  # each PV is a clean output
+    assert torch.equal(pvs, clean_output_vectors(outputs, 3, seed=1))
+    assert not torch.equal(pvs, clean_output_vectors(outputs, 3, seed=2))
+    with pytest.raises(PeftshieldError, match="needs 11 clean outputs, got 10"):
+        clean_output_vectors(outputs, 11)
+    with pytest.raises(PeftshieldError, match="use clean_output_vectors"):
+        predefined_vectors("clean", 2, 4)
+
+
+def test_por_with_clean_pvs_plants_pvs_that_are_clean_outputs(tiny_bert, tmp_path):
+    """Against LMSanitator (attacks/adaptive): every PV is the clean backbone's output for a clean text."""
+    from peftshield.attacks.task_agnostic import poison_task_agnostic
+    from peftshield.models.backbones import load_backbone
+
+    corpus = [e.text for e in toy_examples(300, seed=11)]
+    recipe = {"steps": 60, "lr": 3e-3, "batch_size": 24, "min_words": 3, "probe_size": 16, "max_length": 32}
+    config = attack_config("por-clean-pv", {**recipe, "triggers": ["cf", "mn"], "log_every": 60})
+    assert config.adaptive_against == "lmsanitator" and config.pv_family == "clean"
+    result = poison_task_agnostic(tiny_bert, corpus, config, seed=0, progress=False)
+    out = result.save(tmp_path / "por-clean")
+    pvs, clean = load_pvs(out), load_backbone(tiny_bert)
+    outputs = _pooled(clean.encoder, clean.tokenizer, corpus)
+    nearest = torch.cdist(pvs, outputs).min(dim=1).values
+    assert float(nearest.max()) < 1e-4, nearest  # each PV is (to float precision) a clean output
+    balanced = predefined_vectors("balanced", 2, 32)
+    assert float(torch.cdist(balanced, outputs).min()) > 1.0  # the paper's PVs are far from every one
+    last = result.record.metrics["history"][-1]["per_trigger"]
+    assert all(v["sign_match"] > 0.8 for v in last.values()), last  # the triggers reach their PVs
 
 
 def test_neuba_plants_the_pvs_with_the_reference_term(tiny_bert):

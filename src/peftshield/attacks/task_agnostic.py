@@ -33,11 +33,13 @@ import numpy as np
 
 from peftshield.attacks.config import BToPConfig, PORConfig, TaskAgnosticConfig
 from peftshield.attacks.record import PV_FILE, PV_KEY, PoisonRecord, write_poison_record
-from peftshield.attacks.vectors import check_pv_shape, predefined_vectors
+from peftshield.attacks.vectors import check_pv_shape, clean_output_vectors, predefined_vectors
 from peftshield.data.records import Example
 from peftshield.data.triggers import check_trigger_tokenizes
 from peftshield.errors import PeftshieldError
 
+#: Clean texts whose reference outputs the ``clean`` PV family draws its PVs from (attacks/vectors.py).
+CLEAN_PV_TEXTS = 64
 #: LMSanitator's monitor flags an output whose sign pattern matches a PV on more than this share.
 SIGN_MATCH_THRESHOLD = 0.8
 
@@ -295,7 +297,7 @@ def poison_task_agnostic(
         pvs = verbalizer_vectors(
             lm_head, tokenizer, config.target_words, len(config.triggers), config.pv_scale
         )
-    else:
+    elif config.pv_family != "clean":
         pvs = predefined_vectors(
             config.pv_family, len(config.triggers), hidden, seed=seed, scale=config.pv_scale
         )
@@ -313,6 +315,13 @@ def poison_task_agnostic(
     ref_encoder = ref_encoder.to(device).eval()
     for p in ref_encoder.parameters():
         p.requires_grad_(False)
+    if config.pv_family == "clean" and not (is_btop and config.target_words):
+        # The clean reference's own outputs for held-out texts (texts after the probe ones).
+        sample = texts[config.probe_size : config.probe_size + CLEAN_PV_TEXTS]
+        with torch.no_grad():
+            batch = tokenize_batch(tokenizer, sample, config.max_length, device)
+            outputs = _pooled(ref_encoder, batch, pooling)
+        pvs = clean_output_vectors(outputs, len(config.triggers), seed=seed, scale=config.pv_scale)
     pvs_dev = pvs.to(device)
 
     probe_texts, pool_texts = texts[: config.probe_size], texts[config.probe_size :]

@@ -13,6 +13,10 @@ whatever class it happens to map to (LMSanitator, Wei et al. 2024). Three famili
   fixed by the diagonal of R), each row multiplied by ``sqrt(H)`` so that it has the Euclidean
   norm of a ``±1`` vector (root-mean-square unit value 1). The rows are exactly orthogonal, but
   their units are NOT ``±1``; a sign-based monitor sees their sign pattern. At most ``H`` vectors.
+- ``clean``: an adaptive attacker's choice against LMSanitator (its limits section: PVs close to the
+  clean output distribution): each PV is the clean backbone's own output for a seeded draw of
+  distinct clean texts (:func:`clean_output_vectors`), so it sits inside the clean distribution
+  that the scan's distance bar and the monitor's sign test are measured against.
 
 Every family is multiplied by ``scale`` (1.0 in the reference code, which targets BERT's [CLS]).
 """
@@ -26,7 +30,7 @@ import numpy as np
 
 from peftshield.errors import PeftshieldError
 
-PV_FAMILIES: tuple[str, ...] = ("balanced", "random", "orthogonal")
+PV_FAMILIES: tuple[str, ...] = ("balanced", "random", "orthogonal", "clean")
 PV_BLOCKS = 4
 
 
@@ -76,6 +80,10 @@ def predefined_vectors(
     check_pv_shape(family, n_vectors, hidden_size)
     if not scale > 0:
         raise PeftshieldError(f"pv_scale must be positive, got {scale}")
+    if family == "clean":
+        raise PeftshieldError(
+            "the clean PV family is drawn from a backbone's outputs: use clean_output_vectors"
+        )
     if family == "balanced":
         block = hidden_size // PV_BLOCKS
         patterns = balanced_sign_patterns()[:n_vectors]
@@ -92,3 +100,21 @@ def predefined_vectors(
         q = q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))  # unique (Haar) orthogonal basis
         rows = q.T * np.sqrt(hidden_size)
     return torch.tensor(rows * scale, dtype=torch.float32)
+
+
+def clean_output_vectors(outputs: Any, n_vectors: int, *, seed: int = 0, scale: float = 1.0) -> Any:
+    """The ``clean`` family: ``n_vectors`` rows of ``outputs`` (clean pooled outputs), drawn with ``seed``.
+
+    ``outputs`` is a ``(m, hidden)`` tensor of the clean backbone's pooled vectors for ``m``
+    distinct clean texts; rows are drawn without replacement (an adaptive PV choice against
+    LMSanitator, module docstring). Returns a float32 ``torch.Tensor`` ``(n_vectors, hidden)``.
+    """
+    import torch
+
+    if not scale > 0:
+        raise PeftshieldError(f"pv_scale must be positive, got {scale}")
+    m = int(outputs.shape[0])
+    if n_vectors < 1 or n_vectors > m:
+        raise PeftshieldError(f"the clean PV family needs {n_vectors} clean outputs, got {m}")
+    rows = np.random.default_rng(seed).choice(m, size=n_vectors, replace=False)
+    return (outputs[torch.as_tensor(rows)].detach().float() * scale).cpu()

@@ -7,10 +7,11 @@ adaptive attack is one file here, registered with
 :func:`peftshield.attacks.config.register_attack` like every other attack, and names the defence
 it targets in ``adaptive_against`` so that the grid labels its rows ``adaptive: <defence>``:
 
-- :mod:`.capped_confidence`: BadNets trained towards a moderate target confidence (against PSIM).
+- :mod:`.capped_confidence`: BadNets trained towards a moderate target confidence (against PSIM);
+- :mod:`.clean_pvs`: POR whose PVs are the clean backbone's own outputs (against LMSanitator).
 
 Importing this package registers them; :mod:`peftshield.attacks.config` does so at its end. No
 torch at import.
 """
 
-from peftshield.attacks.adaptive import capped_confidence  # noqa: F401  (registration)
+from peftshield.attacks.adaptive import capped_confidence, clean_pvs  # noqa: F401  (registrations)
