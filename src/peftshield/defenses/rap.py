@@ -88,9 +88,10 @@ Where the paper's code (lancopku/RAP), OpenBackdoor (thunlp) and this implementa
   their 40-odd triggered non-target test copies): loss per class 0.094 -> 0.089 and
   0.082 -> 0.071, in range 16 %, AUROC 0.903 with the reference rule; 0.092 -> 0.075 and
   0.081 -> 0.051, 26 %, 0.943 with Adam (plain SGD without accumulation, 120 texts: 0.103 -> 0.101
-  and 0.076 -> 0.072, 7 %, 0.894). Those scores read test copies; the choice is remade on the dev
-  split by ``bench/grids/rap_optimizer.json`` (docs/design.md, "Choosing on the dev split"; not
-  yet run).
+  and 0.076 -> 0.072, 7 %, 0.894). Those scores read test copies; the choice was remade on the
+  dev split by ``bench/grids/rap_optimizer.json`` (docs/design.md, "Choosing on the dev split"):
+  Adam kept it, mean dev AUROC over three seeds 0.722 against 0.621 for the reference rule
+  (bench/README.md, "RAP optimiser").
 - The RAP code constructs with the model in training mode (dropout on); OpenBackdoor and this code
   use evaluation mode (deterministic).
 - Threshold: both references calibrate on the same texts they construct on, over inputs predicted
