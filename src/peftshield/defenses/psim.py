@@ -46,9 +46,10 @@ Where this implementation differs, and why:
   Only LoRA separates the tails: at the FRR a defender can afford, P-tuning lets a third or more
   of the triggered inputs through. On the other task-specific backbones (same cells) LoRA's AUROC
   is again at least P-tuning's: clean-label 1.000 vs 1.000, InSent 0.992 vs 0.940, template 0.999
-  vs 0.509 (``bench/results/psim_recipes_test.json``). That choice read the test split; it is
+  vs 0.509 (``bench/results/psim_recipes_test.json``). That choice read the test split; it was
   remade on the dev split by ``bench/grids/psim_recipes.json`` (docs/design.md, "Choosing on the
-  dev split"; not yet run).
+  dev split") and LoRA kept it: dev AUROC 0.991 / 1.000 / 0.988 / 0.999 on BadNets, clean-label,
+  InSent and template, above every other recipe (bench/README.md, "PSIM module recipe").
 - ``reset_rate`` generalises the reference's 100 % reset (each label is replaced with probability
   ``reset_rate`` by a uniformly drawn one; the reference has no such parameter).
 - The threshold can also be calibrated at a target false-rejection rate on a held-out part of the
