@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -368,6 +369,51 @@ def test_monitor_refuses_a_victim_on_another_backbone(tiny_bert, por_scan, tmp_p
     other = save_tuned(tune(tiny_bert, toy_examples(40), [], config, progress=False), tmp_path / "other")
     with pytest.raises(PeftshieldError, match="another backbone"):
         PVMonitor(str(other), por_scan[0]).fit([])
+
+
+def _scan_with_pvs_elsewhere(por_scan_folder: str, head: str, verdict: str, out: Path) -> str:
+    """A copy of ``por_scan_folder`` whose PVs lie on a vector other than ``head`` (none on it)."""
+    from safetensors.torch import save_file
+
+    from peftshield.defenses.lmsanitator.scan import load_pvs
+
+    found = load_pvs(por_scan_folder)
+    other = "cls" if head != "cls" else "mean"
+    pvs = found.pvs[:1] if verdict == "backdoored" else found.pvs[:0]
+    out.mkdir()
+    save_file(
+        {"pvs": pvs.clone(), f"pvs.{other}": pvs.clone(), f"pvs.{head}": found.pvs[:0].clone()},
+        str(out / "pvs.safetensors"),
+    )
+    info = json.loads((Path(por_scan_folder) / "scan.json").read_text())
+    info.update(
+        verdict=verdict,
+        pooling=other,
+        poolings=[other, head],
+        vectors=[{"pooling": other, "n_pvs": int(pvs.shape[0])}, {"pooling": head, "n_pvs": 0}],
+    )
+    (out / "scan.json").write_text(json.dumps(info))
+    return str(out)
+
+
+@pytest.mark.parametrize("verdict", ["backdoored", "clean"])
+def test_monitor_with_no_pv_on_the_head_vector_says_what_the_scan_found(victim, por_scan, tmp_path, verdict):
+    # A scan may find PVs on [CLS] and the pooler but none on the vector the head reads (the
+    # adaptive por-clean-pv attack): the monitor has nothing to watch, and says so without
+    # calling a backdoored backbone clean.
+    from peftshield.defenses.lmsanitator.monitor import NoPVToMonitor, PVMonitor
+    from peftshield.defenses.victim import load_victim
+
+    head = load_victim(victim).head_pooling
+    folder = _scan_with_pvs_elsewhere(por_scan[0], head, verdict, tmp_path / "scan")
+    with pytest.raises(NoPVToMonitor) as refused:
+        PVMonitor(victim, folder).fit([])
+    message = str(refused.value)
+    assert f"no PV of the {head} vector" in message and "\n" not in message
+    if verdict == "backdoored":
+        assert "calls the backbone backdoored" in message and "do not deploy" in message
+    else:
+        assert "verdict clean" in message and "backdoored" not in message
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -605,3 +605,30 @@ def test_the_adaptive_section_says_where_an_adaptive_attack_gets_through(tmp_pat
     section = (out / "report.md").read_text(encoding="utf-8").split("## Adaptive attacks (each shaped")[1]
     assert "no backdoor to defend (victim at chance" in section
     assert "gets through where the plain one did not" not in section
+
+
+def test_the_adaptive_section_says_when_the_defence_was_inactive_but_the_scan_flagged(tmp_path):
+    """An adaptive POR whose PVs the scan finds on other vectors only: the monitor has nothing to
+    watch (inactive), the victim keeps its backdoor, and the model-level verdict is still said."""
+    cell = {"backbone": "minilm", "corpus": "movies", "seed": 0, "method": "lora", "num_labels": 2}
+    control = {**cell, "attack": "none", "defense": "none", "cacc": 0.68}
+    control["by_attack"] = {"por": {"asr_lms": 0.13}, "por-clean-pv": {"asr_lms": 0.13}}
+    rows = [control]
+    policy = {"defense": "monitor", "threshold": "calibrated@0.05", "scan_verdict": "backdoored"}
+    for attack, extra, defended in (("por", {}, 0.0), ("por-clean-pv", {"adaptive": "lmsanitator"}, 1.0)):
+        base = {**cell, "attack": attack, "kind": "task-agnostic", "cacc": 0.69, "asr": 1.0, **extra}
+        rows.append({**base, "defense": "none", "defended_asr_reject": 1.0})
+        monitor = {**base, **policy, "defended_asr_reject": defended, "defended_cacc": 0.68, "frr": 0.0}
+        if extra:
+            monitor["inactive"] = "no PV of the mean vector, the one the victim's head reads"
+        rows.append(monitor)
+    (tmp_path / "adaptive.json").write_text(
+        json.dumps({"benchmark": "adaptive", "meta": META, "rows": rows, "summary": {}})
+    )
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path), "--out", str(out), "--quiet"]) == 0
+    section = (out / "report.md").read_text(encoding="utf-8").split("## Adaptive attacks (each shaped")[1]
+    line = next(x for x in section.splitlines() if x.startswith("- por-clean-pv / lora"))
+    assert "gets through where the plain one did not" in line
+    assert "The defence was inactive: no PV of the mean vector" in line
+    assert "scan still calls the backbone backdoored" in line

@@ -325,8 +325,9 @@ def test_pooling_narrows_the_scan_and_pvs_are_saved_per_vector(
 
     hidden = cls_pvs.pvs.shape[1]
     pooler_pvs = load_pvs(folder, pooling="pooler").pvs
-    watched, _, _ = PVMonitor(victim=None, pvs=str(folder))._load_pvs(hidden, "pooler")
+    watched, _, _, scan = PVMonitor(victim=None, pvs=str(folder))._load_pvs(hidden, "pooler")
     assert torch.equal(watched, pooler_pvs) and not torch.equal(watched, cls_pvs.pvs)
+    assert scan["verdict"] == "backdoored"
     with pytest.raises(PeftshieldError, match="no PVs of the mean vector"):
         PVMonitor(victim=None, pvs=str(folder))._load_pvs(hidden, "mean")
     with pytest.raises(SystemExit) as usage, contextlib.redirect_stderr(io.StringIO()):

@@ -12,9 +12,10 @@ it is registered. Give it an explicit entry when it needs something else.
 - ``psim`` (Zhao et al., NAACL Findings 2024, §3): needs only the suspect backbone and the
   defender's clean data; fitted once per backbone and shared by every victim method.
 - ``monitor`` (Wei et al., NDSS 2024, §IV-C): needs the scan of the backbone (its mined PVs) and
-  the victim; calibrated on the victim's clean dev split. When the scan found no PV (verdict
-  clean), LMSanitator has nothing to monitor: the defence is recorded as inactive and passes
-  every input (defended = undefended), which is what a deployment would do.
+  the victim; calibrated on the victim's clean dev split. When the scan found no PV of the vector
+  the victim's head reads (verdict clean, or PVs on other vectors only), LMSanitator has nothing
+  to monitor: the defence is recorded as inactive and passes every input (defended =
+  undefended), its ``inactive`` note saying whether the scan still called the backbone backdoored.
 - ``rap`` (Yang et al., EMNLP 2021): the registered detector's adapter, with the RAP word among
   the resolved parameters (so it is part of the cache key) and a refusal, before any cell runs, of
   a word that is one of the triggers of an attack in the grid: inserting the trigger itself as
@@ -214,22 +215,21 @@ def _monitor_check(params: dict[str, Any]) -> None:
 def _monitor_fit(inputs: FitInputs, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     import warnings
 
-    from peftshield.defenses.lmsanitator.monitor import PVMonitor
-    from peftshield.defenses.lmsanitator.scan import load_pvs
+    from peftshield.defenses.lmsanitator.monitor import NoPVToMonitor, PVMonitor, no_pv_message
 
     if inputs.victim is None or inputs.scan is None:
         raise PeftshieldError("the monitor needs a victim and a scan of its backbone")
-    found = load_pvs(inputs.scan)
-    if found.pvs.shape[0] == 0:
-        return None, {
-            "inactive": "the scan found no PV (verdict clean): nothing to monitor, every input passes",
-            "n_pvs": 0,
-        }
     monitor = PVMonitor(victim=inputs.victim, pvs=inputs.scan, device=inputs.device, **params)
-    with warnings.catch_warnings():
-        # The grid's scans search for every PV unless told otherwise; the first-PV warning is noise here.
-        warnings.filterwarnings("ignore", message=".*stopped at its first PV.*")
-        monitor.fit(inputs.clean_heldout)
+    try:
+        with warnings.catch_warnings():
+            # The grid's scans search for every PV unless told otherwise; the first-PV warning is noise.
+            warnings.filterwarnings("ignore", message=".*stopped at its first PV.*")
+            monitor.fit(inputs.clean_heldout)
+    except NoPVToMonitor as err:
+        # No PV of the vector the victim's head reads: nothing to watch, every input passes. The
+        # message says whether the scan still called the backbone backdoored on another vector.
+        note = no_pv_message("the scan", err.pooling, err.scan)  # no machine path in a result row
+        return None, {"inactive": f"{note}; every input passes", "n_pvs": 0}
     return monitor, _fitted_info(monitor)
 
 

@@ -44,7 +44,12 @@ def _verdict(row: dict[str, Any], plain: dict[str, Any] | None, policy: str, no_
     if no_backdoor:
         return text + f" - no backdoor to defend ({no_backdoor}): says nothing."
     evaded = plain is not None and (defended_asr_of(plain) or 0.0) + 0.05 < after
-    return text + (" - **the adaptive attack gets through where the plain one did not.**" if evaded else ".")
+    text += " - **the adaptive attack gets through where the plain one did not.**" if evaded else "."
+    if row.get("inactive"):
+        text += f" The defence was inactive: {row['inactive']}."
+    if evaded and row.get("scan_verdict") == "backdoored":
+        text += " The model-level scan still calls the backbone backdoored, so it can be rejected before use."
+    return text
 
 
 def adaptive_section(bench: Benchmark) -> Section:

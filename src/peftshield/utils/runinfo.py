@@ -43,12 +43,31 @@ def git_state(cwd: str | os.PathLike | None = None) -> tuple[str, bool]:
         return "unknown", False
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; else what :mod:`platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description() -> str:
-    """A short description of the hardware the numbers were measured on."""
+    """A short description of the hardware the numbers were measured on.
+
+    It names the CPU model and the vector instruction set torch's kernels use (for example
+    ``AVX512``): virtual-token victims trained with the same seed, code and thread count differ on
+    machines whose kernels round differently (bench/README.md, "Reproduction on the grid"), so a
+    result file must say which kernels made it.
+    """
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    text = f"{platform.system()} {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    text = (
+        f"{platform.system()} {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}, kernels {torch.backends.cpu.get_cpu_capability()}"
+    )
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text

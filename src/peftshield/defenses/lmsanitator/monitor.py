@@ -64,6 +64,42 @@ class MonitorBatch:
         return self.logits.argmax(axis=-1)
 
 
+class NoPVToMonitor(PeftshieldError):
+    """The scan holds no PV of the vector the victim's head reads, so the monitor has nothing to watch.
+
+    ``pooling`` is that vector and ``scan`` the scan's record, so a caller can word its own note
+    (the grid's, without this machine's paths) with :func:`no_pv_message`.
+    """
+
+    def __init__(self, source: str, pooling: str | None, scan: dict[str, Any]) -> None:
+        super().__init__(no_pv_message(source, pooling, scan))
+        self.pooling = pooling
+        self.scan = scan
+
+
+def no_pv_message(source: str, pooling: str | None, scan: dict[str, Any]) -> str:
+    """One line saying why there is nothing to monitor, and what the scan's verdict says instead.
+
+    A scan of several vectors (docs/design.md, "The artifacts users bring") may find PVs on some
+    vectors and none on the one the head reads: then the model-level verdict is still
+    ``backdoored`` and the right answer is to reject the backbone, not to serve it unmonitored
+    (the adaptive ``por-clean-pv`` attack does exactly this; bench/README.md, "Adaptive attacks").
+    """
+    vector = f"the {pooling} vector" if pooling else "the head's vector"
+    vectors = scan.get("vectors") or []
+    where = ", ".join(
+        f"{v.get('pooling')} {v.get('n_pvs')}" for v in vectors if isinstance(v, dict) and v.get("n_pvs")
+    )
+    verdict = scan.get("verdict")
+    if verdict == "backdoored":
+        return (
+            f"{source} holds no PV of {vector}, the one the victim's head reads, but the scan calls the "
+            f"backbone backdoored (PVs on {where or 'other vectors'}): nothing to monitor; do not deploy it"
+        )
+    found = f"verdict {verdict}" if verdict else "no verdict recorded"
+    return f"{source} holds no PV of {vector}, the one the victim's head reads ({found}): nothing to monitor"
+
+
 def victim_fingerprint(victim: Any) -> str | None:
     """The fingerprint of a loaded victim's base backbone (``None`` if unknown).
 
@@ -140,7 +176,10 @@ class PVMonitor(Detector):
 
         return load_victim(self.victim if victim is None else victim, self.device, base=self.base)
 
-    def _load_pvs(self, hidden: int, pooling: str | None = None) -> tuple[Any, str | None, str]:
+    def _load_pvs(
+        self, hidden: int, pooling: str | None = None
+    ) -> tuple[Any, str | None, str, dict[str, Any]]:
+        """The PVs of ``pooling``, their backbone fingerprint, where they came from and the scan record."""
         import torch
 
         from .scan import load_pvs
@@ -151,7 +190,7 @@ class PVMonitor(Detector):
                 raise PeftshieldError(
                     f"the PVs have shape {tuple(self.pvs.shape)} but the victim's output has {hidden} units"
                 )
-            return pvs, None, "tensor"
+            return pvs, None, "tensor", {}
         if not isinstance(self.pvs, str | Path):
             raise PeftshieldError(
                 f"pvs must be a scan folder, a PV file or a tensor, got {type(self.pvs).__name__}"
@@ -167,7 +206,7 @@ class PVMonitor(Detector):
                 "has several. Scan with --all (stop_at_first=False) before monitoring.",
                 stacklevel=3,
             )
-        return found.pvs, found.fingerprint, found.source
+        return found.pvs, found.fingerprint, found.source, found.scan
 
     def fit(self, clean: Sequence[str], *, progress: bool | None = False) -> Self:
         """Load the victim and PVs, check they share a backbone, and set the threshold on ``clean`` texts.
@@ -182,9 +221,9 @@ class PVMonitor(Detector):
             raise PeftshieldError("a calibrated threshold needs clean texts")
         victim = self._load_victim()
         hidden = victim.hidden_size
-        pvs, pv_fp, source = self._load_pvs(hidden, victim.head_pooling)
+        pvs, pv_fp, source, scan = self._load_pvs(hidden, victim.head_pooling)
         if pvs.shape[0] == 0:
-            raise PeftshieldError(f"{source} holds no PV (the scan found none): nothing to monitor")
+            raise NoPVToMonitor(source, victim.head_pooling, scan)
         recorded = victim_fingerprint(victim)
         if pv_fp and recorded and pv_fp != recorded:
             raise PeftshieldError(
